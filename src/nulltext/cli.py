@@ -1,0 +1,351 @@
+"""The `nulltext` command line: parses, calls the library, prints. No algorithm lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nulltext import __version__
+
+EXIT_ERROR = 2
+
+
+class CLIError(Exception):
+    """A user-facing one-line error."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing helpers
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, _, h = text.lower().partition("x")
+        return (int(w), int(h or w))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 512x512") from None
+
+
+def _box(text: str) -> tuple[int, int, int, int]:
+    try:
+        box = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise argparse.ArgumentTypeError(f"crop box {text!r} is not LEFT,TOP,RIGHT,BOTTOM in pixels")
+    return box  # type: ignore[return-value]
+
+
+def _range(text: str):
+    try:
+        parts = [float(v) for v in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return (parts[0], parts[1])
+    raise argparse.ArgumentTypeError(f"{text!r} is not a fraction (0.8) or a range START,END (0.1,0.8)")
+
+
+def _scale(text: str) -> tuple[str, float]:
+    word, sep, value = text.rpartition("=")
+    try:
+        if sep and word:
+            return word, float(value)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not WORD=SCALE, e.g. tiger=2")
+
+
+def _words(text: str) -> list[str]:
+    return [w.strip() for w in text.split(",") if w.strip()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def _load_model(args):
+    from nulltext.model import load_model
+
+    return load_model(args.model, device=args.device, dtype=args.dtype)
+
+
+def _progress(args, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=args.quiet, leave=False, file=sys.stderr)
+
+
+def _step_bar(args, desc: str):
+    """A tqdm-driven StepCallback and the bar, for sampling loops."""
+    bar = {"bar": None}
+
+    def callback(done: int, total: int) -> None:
+        if bar["bar"] is None:
+            bar["bar"] = _progress(args, total, desc)
+        bar["bar"].update(1)
+        if done == total:
+            bar["bar"].close()
+
+    return callback
+
+
+def _say(args, text: str) -> None:
+    print(text)
+
+
+def _load_inversion(path, model):
+    from nulltext.inversion_file import load_inversion
+
+    return load_inversion(path, model)
+
+
+def _edit_config(args):
+    from nulltext.prompt_to_prompt import EditConfig
+
+    return EditConfig(
+        mode=args.mode, cross_replace=args.cross, self_replace=args.self_replace,
+        word_cross_replace=dict(args.word_cross or []), reweight=dict(args.reweight or []),
+        blend_words=args.blend or [], blend_subtract=args.subtract or [], blend_threshold=args.threshold,
+        blend_start=args.blend_start,
+    )
+
+
+def _metadata(model, inversion, **fields) -> dict[str, str]:
+    meta = {"nulltext_version": __version__, "model": model.source, "model_identity": model.identity,
+            "source_prompt": inversion.prompt}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()})
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+def cmd_invert(args) -> None:
+    from nulltext.images import load_image, to_tensor
+    from nulltext.inversion import InversionConfig, invert
+    from nulltext.inversion_file import save_inversion
+
+    out = Path(args.output or Path(args.photo).with_suffix(".nti").name)
+    if out.exists() and not args.force:
+        raise CLIError(f"{out} exists — pass --force to overwrite it or -o to write elsewhere")
+    model = _load_model(args)
+    size = args.size or model.default_size
+    model.check_size(size)
+    model.check_prompt(args.prompt)
+    photo = load_image(args.photo, size, crop=args.crop)
+    config = InversionConfig(method=args.method, num_steps=args.steps, guidance_scale=args.guidance,
+                             inner_steps=args.inner_steps, learning_rate=args.lr, keep_pivot=not args.no_pivot)
+    bar = _progress(args, config.num_steps, "null-text" if config.method == "null-text" else "ddim")
+
+    def callback(report) -> None:
+        bar.update(1)
+        bar.set_postfix(t=report.timestep, iters=report.inner_iterations, loss=f"{report.loss:.2e}")
+
+    import numpy as np
+    import torch
+
+    inversion = invert(model, to_tensor(photo.image), args.prompt, config, callback,
+                       photo=torch.from_numpy(np.asarray(photo.image).copy()), crop_box=photo.crop_box,
+                       source_path=str(photo.path))
+    bar.close()
+    save_inversion(inversion, out)
+    iters = sum(inversion.inner_iterations)
+    _say(args, f"wrote {out}  ({inversion.wall_time:.1f} s, {iters} Adam iterations"
+               + (f", final loss {inversion.losses[0]:.2e})" if inversion.losses else ")"))
+
+
+def _psnr_report(model, inversion, image) -> str:
+    from nulltext.images import to_pil, to_tensor
+    from nulltext.metrics import psnr, ssim
+
+    if inversion.photo is None:
+        return ""
+    from PIL import Image
+
+    photo = Image.fromarray(inversion.photo.numpy())
+    rec = to_pil(image)[0]
+    bound = to_pil(model.decode_latents(model.encode_image(to_tensor(photo))))[0]
+    return (f"PSNR {psnr(rec, photo):.2f} dB, SSIM {ssim(rec, photo):.4f} against the photo; "
+            f"VAE-only bound {psnr(bound, photo):.2f} dB")
+
+
+def cmd_reconstruct(args) -> None:
+    from nulltext.editing import reconstruct
+    from nulltext.images import save_png, to_pil
+
+    model = _load_model(args)
+    inversion = _load_inversion(args.inversion, model)
+    out = Path(args.output or Path(args.inversion).with_suffix(".png").name)
+    if out.exists() and not args.force:
+        raise CLIError(f"{out} exists — pass --force to overwrite it or -o to write elsewhere")
+    image = reconstruct(model, inversion, _step_bar(args, "reconstruct"))
+    save_png(to_pil(image)[0], out, _metadata(model, inversion, kind="reconstruction"), force=True)
+    _say(args, f"wrote {out}")
+    report = _psnr_report(model, inversion, image)
+    if report:
+        _say(args, report)
+
+
+def cmd_edit(args) -> None:
+    from nulltext.editing import edit
+    from nulltext.images import make_grid, save_png, to_pil
+
+    model = _load_model(args)
+    inversion = _load_inversion(args.inversion, model)
+    targets = args.targets or [inversion.prompt]
+    config = _edit_config(args)
+    out = Path(args.output)
+    names = [out / f"edit_{j + 1:02d}.png" for j in range(len(targets))] + [out / "grid.png"]
+    existing = [str(p) for p in names if p.exists()]
+    if existing and not args.force:
+        raise CLIError(f"{existing[0]} exists — pass --force to overwrite, or -o another folder")
+    result = edit(model, inversion, targets, config, _step_bar(args, "edit"))
+    images = to_pil(result.images)
+    import dataclasses
+
+    settings = dataclasses.asdict(config)
+    for j, target in enumerate(targets):
+        save_png(images[j + 1], names[j], _metadata(model, inversion, kind="edit", target_prompt=target, **settings),
+                 force=True)
+    labels = [f"source: {inversion.prompt}", *targets]
+    save_png(make_grid(images, labels), names[-1], _metadata(model, inversion, kind="edit grid", targets=targets),
+             force=True)
+    for p in names:
+        _say(args, f"wrote {p}")
+
+
+def cmd_attention(args) -> None:
+    from nulltext.editing import attention_maps
+    from nulltext.images import make_grid, save_png
+    from nulltext.viz import attention_tiles
+
+    model = _load_model(args)
+    inversion = _load_inversion(args.inversion, model)
+    out = Path(args.output or Path(args.inversion).with_suffix(".attention.png").name)
+    if out.exists() and not args.force:
+        raise CLIError(f"{out} exists — pass --force to overwrite it")
+    tokens, maps, image = attention_maps(model, inversion, _step_bar(args, "attention"))
+    tiles = attention_tiles(image, maps)
+    save_png(make_grid(tiles, tokens), out, _metadata(model, inversion, kind="attention maps"), force=True)
+    _say(args, f"wrote {out}")
+
+
+def cmd_info(args) -> None:
+    from nulltext.inversion_file import load_inversion
+
+    inv = load_inversion(args.inversion)
+    T = inv.config.num_steps
+    lines = [
+        f"prompt:          {inv.prompt}",
+        f"method:          {inv.config.method}, {T} DDIM steps, guidance {inv.config.guidance_scale}",
+        f"image:           {inv.image_size[0]}x{inv.image_size[1]}"
+        + (f" from {inv.source_path} crop {inv.crop_box}" if inv.source_path else ""),
+        f"model:           {inv.model_source} (weights {inv.model_identity})",
+        f"latent:          {tuple(inv.latent_T.shape)}, null embeddings {tuple(inv.null_embeddings.shape)}"
+        + (", pivot stored" if inv.pivot is not None else ""),
+        f"wall time:       {inv.wall_time:.1f} s",
+    ]
+    if inv.losses:
+        lines.append(f"Adam iterations: {sum(inv.inner_iterations)} (max {max(inv.inner_iterations)} per step)")
+        lines.append(f"final losses:    t=T {inv.losses[-1]:.2e}, t=1 {inv.losses[0]:.2e}")
+    print("\n".join(lines))
+
+
+def cmd_demo(args) -> None:
+    from nulltext.demo import run_demo
+
+    model = _load_model(args)
+    result = run_demo(model, Path(args.output), force=args.force, quiet=args.quiet)
+    for line in result.summary_lines():
+        _say(args, line)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", default=None, help="bundled (default), a hub id, a diffusers folder or a .safetensors file")
+    common.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    common.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16", "fp32", "fp16", "bf16"])
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    common.add_argument("--force", action="store_true", help="overwrite existing outputs")
+
+    p = argparse.ArgumentParser(prog="nulltext", description=__doc__)
+    p.add_argument("--version", action="version", version=f"nulltext {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("demo", parents=[common], help="bundled photo + model: invert, reconstruct, edit, one grid")
+    s.add_argument("-o", "--output", default="demo-out", help="output folder")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("invert", parents=[common], help="invert a photo into an .nti file")
+    s.add_argument("photo")
+    s.add_argument("--prompt", "-p", required=True, help="a caption of the photo")
+    s.add_argument("-o", "--output", help="the .nti file (default: PHOTO's name with .nti, here)")
+    s.add_argument("--method", default="null-text", choices=["null-text", "ddim"])
+    s.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    s.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale w")
+    s.add_argument("--inner-steps", type=int, default=10, help="Adam iterations per step at most")
+    s.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate at the first step")
+    s.add_argument("--size", type=_size, help="WIDTHxHEIGHT (default: the model's native size)")
+    s.add_argument("--crop", type=_box, help="LEFT,TOP,RIGHT,BOTTOM crop box (default: centre crop)")
+    s.add_argument("--no-pivot", action="store_true", help="do not store the pivot trajectory")
+    s.set_defaults(func=cmd_invert)
+
+    s = sub.add_parser("reconstruct", parents=[common], help="reconstruct the photo from an .nti file")
+    s.add_argument("inversion")
+    s.add_argument("-o", "--output")
+    s.set_defaults(func=cmd_reconstruct)
+
+    s = sub.add_parser("edit", parents=[common], help="Prompt-to-Prompt edits of an inversion")
+    s.add_argument("inversion")
+    s.add_argument("targets", nargs="*", help="edited captions (default: the source caption, e.g. for --reweight)")
+    s.add_argument("-o", "--output", default="edits", help="output folder")
+    s.add_argument("--mode", default="auto", choices=["auto", "replace", "refine"])
+    s.add_argument("--cross", type=_range, default=0.8, help="cross-attention replacement: fraction or START,END")
+    s.add_argument("--word-cross", type=lambda t: (t.partition("=")[0], _range(t.partition("=")[2])),
+                   action="append", help="per-word cross replacement, WORD=0.4 or WORD=0.1,0.6")
+    s.add_argument("--self", dest="self_replace", type=_range, default=0.4, help="self-attention replacement")
+    s.add_argument("--reweight", type=_scale, action="append", help="WORD=SCALE, repeatable (negative and 0 allowed)")
+    s.add_argument("--blend", type=_words, help="comma-separated words marking the region to edit")
+    s.add_argument("--subtract", type=_words, help="comma-separated words whose region stays as in the source")
+    s.add_argument("--threshold", type=float, default=0.3, help="local blend mask threshold")
+    s.add_argument("--blend-start", type=float, default=0.2, help="fraction of steps before blending starts")
+    s.set_defaults(func=cmd_edit)
+
+    s = sub.add_parser("attention", parents=[common], help="cross-attention maps per token as a grid PNG")
+    s.add_argument("inversion")
+    s.add_argument("-o", "--output")
+    s.set_defaults(func=cmd_attention)
+
+    s = sub.add_parser("info", help="print an .nti file's metadata")
+    s.add_argument("inversion")
+    s.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from nulltext.errors import USER_ERRORS
+
+    try:
+        args.func(args)
+    except (CLIError, *USER_ERRORS) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"nulltext: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("nulltext: interrupted — nothing was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""DDIM and Null-text inversion: parity with diffusers, round trips, the paper's claims, the work done."""
+
+import dataclasses
+
+import pytest
+import torch
+from diffusers import DDIMInverseScheduler
+
+from nulltext.bundled import data
+from nulltext.ddim import make_schedule
+from nulltext.editing import reconstruct, sample
+from nulltext.images import to_pil, to_tensor
+from nulltext.inversion import InversionConfig, InversionError, ddim_invert, invert
+from nulltext.metrics import psnr
+
+
+def _photo(model, index=0):
+    image, caption = data.sample("test", index, model.default_size[0])
+    return to_tensor(image), caption, image
+
+
+def test_ddim_invert_matches_diffusers_inverse_scheduler(tiny):
+    image, caption, _ = _photo(tiny)
+    cond = tiny.encode_text([caption])
+    z0 = tiny.encode_image(image)
+    ours = ddim_invert(tiny, z0, cond, make_schedule(tiny.scheduler_config, 10))
+    ref = DDIMInverseScheduler.from_config(tiny.scheduler_config)
+    ref.set_timesteps(10)
+    z = z0.clone()
+    with torch.no_grad():
+        for k, t in enumerate(ref.timesteps, start=1):
+            z = ref.step(tiny.unet(z, t, encoder_hidden_states=cond).sample, t, z).prev_sample
+            torch.testing.assert_close(ours[k : k + 1], z, atol=1e-5, rtol=1e-5)
+
+
+def test_ddim_round_trip_at_guidance_one(bundled):
+    """Inversion then sampling at w = 1 returns close to z0 (the approximation error only)."""
+    image, caption, _ = _photo(bundled, 1)
+    cond, null = bundled.encode_text([caption]), bundled.encode_text([""])
+    schedule = make_schedule(bundled.scheduler_config, 50)
+    z0 = bundled.encode_image(image)
+    pivot = ddim_invert(bundled, z0, cond, schedule)
+    with torch.no_grad():
+        back = sample(bundled, pivot[-1:], cond, null.expand(50, -1, -1), schedule, 1.0)
+    relative = ((back - z0) ** 2).mean() / z0.var()
+    assert relative < 0.02, f"round trip relative MSE {relative:.4f}"
+
+
+def test_null_text_reconstructs_where_ddim_fails(bundled):
+    """The paper's claim: at w = 7.5 null-text follows the pivot, plain DDIM inversion drifts."""
+    for index in (2, 3):
+        image, caption, photo = _photo(bundled, index)
+        z0 = bundled.encode_image(image)
+        nt = invert(bundled, image, caption, InversionConfig())
+        dd = invert(bundled, image, caption, InversionConfig(method="ddim"))
+        cond = bundled.encode_text([caption])
+        with torch.no_grad():
+            z_nt = sample(bundled, nt.latent_T, cond, nt.null_embeddings, nt.schedule(), 7.5)
+            z_dd = sample(bundled, dd.latent_T, cond, dd.null_embeddings, dd.schedule(), 7.5)
+        mse_nt, mse_dd = ((z_nt - z0) ** 2).mean().item(), ((z_dd - z0) ** 2).mean().item()
+        assert mse_nt * 10 <= mse_dd, f"latent MSE null-text {mse_nt:.2e} vs DDIM {mse_dd:.2e}"
+        bound = psnr(to_pil(bundled.decode_latents(z0))[0], photo)
+        got = psnr(to_pil(reconstruct(bundled, nt))[0], photo)
+        assert got >= bound - 0.5, f"null-text PSNR {got:.2f} dB vs VAE bound {bound:.2f} dB"
+
+
+def test_work_done_once(tiny, monkeypatch):
+    """Per step: one conditional pass, one unconditional pass per loss evaluation, no weight gradients."""
+    image, caption, _ = _photo(tiny)
+    calls = []
+    original = tiny.unet.forward
+
+    def counting(*args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiny.unet, "forward", counting)
+    config = InversionConfig(num_steps=6, inner_steps=4)
+    reports = []
+    inv = invert(tiny, image, caption, config, reports.append)
+    ddim_passes = config.num_steps  # the pivot, w = 1: one conditional pass per step
+    # per outer step: 1 conditional + (iterations + 1) unconditional passes
+    expected = ddim_passes + sum(2 + n for n in inv.inner_iterations)
+    assert len(calls) == expected
+    assert sum(calls) == sum(min(n + 1, config.inner_steps) for n in inv.inner_iterations)  # passes with grad
+    assert [r.step for r in reports] == list(range(1, 7)) and [r.inner_iterations for r in reports] == inv.inner_iterations[::-1]
+    assert all(p.grad is None for p in tiny.unet.parameters())
+    assert inv.null_embeddings.shape == (6, tiny.max_tokens, tiny.text_encoder.config.hidden_size)
+    assert inv.pivot.shape == (7, *inv.latent_T.shape[1:])
+
+
+def test_early_stop_threshold_is_respected(tiny):
+    image, caption, _ = _photo(tiny)
+    loose = InversionConfig(num_steps=5, inner_steps=10, early_stop=1e3)  # every step stops at once
+    inv = invert(tiny, image, caption, loose)
+    assert inv.inner_iterations == [0] * 5
+    torch.testing.assert_close(inv.null_embeddings, tiny.encode_text([""]).float().expand(5, -1, -1))
+
+
+def test_v_prediction_model_inverts(tiny_v_dir):
+    from nulltext.model import load_model
+
+    model = load_model(tiny_v_dir, device="cpu")
+    assert model.scheduler_config["prediction_type"] == "v_prediction"
+    image, caption, _ = _photo(model)
+    z0 = model.encode_image(image)
+    config = InversionConfig(num_steps=10, inner_steps=20, early_stop=0.0, early_stop_growth=0.0)
+    nt = invert(model, image, caption, config)
+    dd = invert(model, image, caption, dataclasses.replace(config, method="ddim"))
+    cond = model.encode_text([caption])
+    with torch.no_grad():
+        e_nt = ((sample(model, nt.latent_T, cond, nt.null_embeddings, nt.schedule(), 7.5) - z0) ** 2).mean()
+        e_dd = ((sample(model, dd.latent_T, cond, dd.null_embeddings, dd.schedule(), 7.5) - z0) ** 2).mean()
+    assert e_nt < e_dd / 2, f"v-prediction: null-text {e_nt:.2e} vs DDIM {e_dd:.2e}"
+
+
+def test_non_finite_loss_stops_with_clear_error(tiny, monkeypatch):
+    image, caption, _ = _photo(tiny)
+    real = tiny.predict
+    monkeypatch.setattr(tiny, "predict", lambda z, t, e: real(z, t, e) * float("nan") if torch.is_grad_enabled() else real(z, t, e))
+    with pytest.raises(InversionError, match="float32"):
+        invert(tiny, image, caption, InversionConfig(num_steps=3))
