@@ -232,7 +232,8 @@ def cmd_attention(args) -> None:
         raise CLIError(f"{out} exists — pass --force to overwrite it")
     tokens, maps, image = attention_maps(model, inversion, _step_bar(args, "attention"))
     tiles = attention_tiles(image, maps)
-    save_png(make_grid(tiles, tokens), out, _metadata(model, inversion, kind="attention maps"), force=True)
+    save_png(make_grid(tiles, ["reconstruction", *tokens]), out, _metadata(model, inversion, kind="attention maps"),
+             force=True)
     _say(args, f"wrote {out}")
 
 
@@ -331,8 +332,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_libraries() -> None:
+    """diffusers' and transformers' loading bars and advice are noise on our command line."""
+    import diffusers
+    import transformers
+
+    for lib in (diffusers, transformers):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     from nulltext.errors import USER_ERRORS
 
     try:

@@ -23,7 +23,7 @@ StepCallback = Callable[[int, int], None]  # (steps done, total)
 
 def sample(model: Model, latent_T: torch.Tensor, cond: torch.Tensor, nulls: torch.Tensor, schedule: Schedule,
            guidance_scale: float, callback: StepCallback | None = None) -> torch.Tensor:
-    """Guided DDIM (eq. 12, η = 0) from z_T with ∅_t at step t; cond (B, tokens, dim), nulls (T, tokens, dim)."""
+    """Guided DDIM (eq. 12, η = 0) from z_T (1 or B, C, h, w) with ∅_t at step t; cond (B, tokens, dim), nulls (T, tokens, dim)."""
     B, T = cond.shape[0], schedule.num_steps
     z = latent_T.to(model.device).float().expand(B, -1, -1, -1)
     for k, i in enumerate(range(T, 0, -1)):

@@ -82,3 +82,15 @@ def build_tokenizer(words: list[str], model_max_length: int) -> CLIPTokenizer:
         if len(ids) != 1:
             raise RuntimeError(f"bundled tokenizer splits {w!r} into {len(ids)} tokens")
     return tokenizer
+
+
+def write_vocab_files(folder) -> None:
+    """Also write vocab.json and merges.txt, which transformers 4's slow CLIPTokenizer reads."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    spec = json.loads((folder / "tokenizer.json").read_text())["model"]
+    (folder / "vocab.json").write_text(json.dumps(spec["vocab"], ensure_ascii=False) + "\n")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["merges"]]
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")

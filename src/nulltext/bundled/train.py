@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nulltext.bundled import data
-from nulltext.bundled.tokenizer import build_tokenizer
+from nulltext.bundled.tokenizer import build_tokenizer, write_vocab_files
 
 MODEL_DIR = Path(__file__).parent / "model"
 
@@ -39,6 +39,7 @@ class VAEConfig:
     steps: int = 2200
     batch_size: int = 16
     lr: float = 1e-3
+    warmup: int = 100
     kl_weight: float = 1e-6
     l1_weight: float = 0.5
 
@@ -67,6 +68,7 @@ class TrainConfig:
     run_dir: str = "runs/bundled"
     out_dir: str = str(MODEL_DIR)
     checkpoint_every: int = 250
+    log_every: int = 50
     vae: VAEConfig = field(default_factory=VAEConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
 
@@ -200,7 +202,7 @@ def train_vae(cfg: TrainConfig, quiet: bool = False):
     bar = tqdm(range(start, cfg.vae.steps), desc="vae", disable=quiet, initial=start, total=cfg.vae.steps)
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg.vae.steps, cfg.vae.lr, 100)
+            g["lr"] = _lr(step, cfg.vae.steps, cfg.vae.lr, cfg.vae.warmup)
         x = _images("train", rng.integers(0, 2**31, cfg.vae.batch_size), cfg.resolution)
         posterior = vae.encode(x).latent_dist
         rec = vae.decode(posterior.sample()).sample
@@ -212,7 +214,7 @@ def train_vae(cfg: TrainConfig, quiet: bool = False):
         opt.step()
         psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-12))
         bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.1f}")
-        if step % 50 == 0:
+        if step % cfg.log_every == 0:
             log(stage="vae", step=step, loss=loss.item(), psnr=psnr)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae.steps:
             _save_checkpoint(ckpt_path, {"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1})
@@ -290,7 +292,7 @@ def train_unet(cfg: TrainConfig, vae, tokenizer, quiet: bool = False):
             for e, p in ema_pairs:
                 e.lerp_(p, 1 - decay)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % 50 == 0:
+        if step % cfg.log_every == 0:
             log(stage="unet", step=step, loss=loss.item(), lr=opt.param_groups[0]["lr"])
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet.steps:
             _save_checkpoint(
@@ -310,6 +312,7 @@ def save_pipeline(out_dir: str, vae, unet, text, tokenizer, cfg: TrainConfig) ->
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)
+    write_vocab_files(Path(out_dir) / "tokenizer")
     Path(out_dir, "training_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
 
 

@@ -1,0 +1,151 @@
+"""Judge images of the synthetic data set by pixel analysis, and score a model on test prompts.
+
+    python -m nulltext.bundled.evaluate            # scores the bundled model, writes MODEL.md figures
+
+The judge (documented rule, no learned parts):
+- background: the median colour of the image's outer ring (2 px), named by the nearest palette colour;
+- foreground: pixels farther than `FOREGROUND_DISTANCE` (sRGB Euclidean) from that median colour; its
+  mean colour names the shape's colour; fewer than 2 % of the pixels → "no shape";
+- shape: the foreground's fill ratio of its bounding box, nearest of the ideal ratios — square 1.0,
+  circle π/4 ≈ 0.785, triangle 0.5 — so the boundaries are 0.64 and 0.89; a bounding box with an
+  aspect ratio outside 0.6 … 1.67 is "no shape" (every drawn shape is as tall as it is wide).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from nulltext.bundled import data
+
+FOREGROUND_DISTANCE = 60.0
+IDEAL_FILL = {"square": 1.0, "circle": math.pi / 4, "triangle": 0.5}
+
+
+@dataclass(frozen=True)
+class Judgement:
+    background: str
+    colour: str | None
+    shape: str | None
+    fill_ratio: float
+
+    def matches(self, scene: data.Scene) -> dict[str, bool]:
+        return {"background": self.background == scene.background, "colour": self.colour == scene.colour,
+                "shape": self.shape == scene.shape}
+
+
+def judge(image: Image.Image | np.ndarray) -> Judgement:
+    """Name the background, the shape's colour and the shape of one image."""
+    rgb = np.asarray(image, dtype=np.float64)[..., :3]  # (H, W, 3)
+    ring = np.concatenate([rgb[:2].reshape(-1, 3), rgb[-2:].reshape(-1, 3), rgb[:, :2].reshape(-1, 3),
+                           rgb[:, -2:].reshape(-1, 3)])
+    bg = np.median(ring, axis=0)
+    fg = np.sqrt(((rgb - bg) ** 2).sum(-1)) > FOREGROUND_DISTANCE  # (H, W)
+    background = data.nearest_colour(bg)
+    if fg.mean() < 0.02:
+        return Judgement(background, None, None, 0.0)
+    colour = data.nearest_colour(rgb[fg].mean(0))
+    ys, xs = np.nonzero(fg)
+    h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    fill = float(fg.sum() / (h * w))
+    if not 0.6 <= h / w <= 1 / 0.6:
+        return Judgement(background, colour, None, fill)
+    shape = min(IDEAL_FILL, key=lambda s: abs(IDEAL_FILL[s] - fill))
+    return Judgement(background, colour, shape, fill)
+
+
+@dataclass
+class Score:
+    background: float
+    colour: float
+    shape: float
+    all_three: float
+    n: int
+
+    def line(self) -> str:
+        return (f"background {self.background:.1%}, shape colour {self.colour:.1%}, shape class {self.shape:.1%}, "
+                f"all three {self.all_three:.1%} (n = {self.n})")
+
+
+def score(judgements: list[Judgement], scenes: list[data.Scene]) -> Score:
+    m = [j.matches(s) for j, s in zip(judgements, scenes)]
+    mean = lambda key: float(np.mean([x[key] for x in m]))  # noqa: E731
+    return Score(mean("background"), mean("colour"), mean("shape"), float(np.mean([all(x.values()) for x in m])), len(m))
+
+
+@torch.no_grad()
+def generate(model, prompts: list[str], seed: int, guidance_scale: float = 7.5, num_steps: int = 50,
+             batch_size: int = 64) -> list[Image.Image]:
+    """Text-to-image with our DDIM sampler: one image per prompt, seeded."""
+    from nulltext.ddim import make_schedule
+    from nulltext.editing import sample
+    from nulltext.images import to_pil
+
+    schedule = make_schedule(model.scheduler_config, num_steps)
+    w, h = model.default_size
+    f = model.vae_scale_factor
+    g = torch.Generator().manual_seed(seed)
+    z_T = torch.randn(len(prompts), model.latent_channels, h // f, w // f, generator=g)
+    null = model.encode_text([""])
+    images = []
+    for i in range(0, len(prompts), batch_size):
+        cond = model.encode_text(prompts[i : i + batch_size])
+        nulls = null.expand(num_steps, -1, -1)
+        z0 = sample(model, z_T[i : i + batch_size], cond, nulls, schedule, guidance_scale)
+        images += to_pil(model.decode_latents(z0).cpu())
+    return images
+
+
+def test_scenes(n: int, resolution: int) -> list[data.Scene]:
+    return [data.scene("test", i, resolution) for i in range(n)]
+
+
+def evaluate_model(model, n: int = 240, seed: int = 0, guidance_scale: float = 7.5) -> tuple[Score, list[Image.Image]]:
+    """Generate one image per test caption and judge it."""
+    scenes = test_scenes(n, model.default_size[0])
+    images = generate(model, [s.caption() for s in scenes], seed, guidance_scale)
+    return score([judge(im) for im in images], scenes), images
+
+
+def vae_psnr(model, n: int = 64) -> float:
+    """Mean PSNR of VAE reconstructions of test images."""
+    from nulltext.images import to_pil, to_tensor
+    from nulltext.metrics import psnr
+
+    values = []
+    for i in range(n):
+        image, _ = data.sample("test", i, model.default_size[0])
+        rec = to_pil(model.decode_latents(model.encode_image(to_tensor(image))))[0]
+        values.append(psnr(rec, image))
+    return float(np.mean(values))
+
+
+def main(argv=None) -> None:
+    from nulltext.images import make_grid, save_png
+    from nulltext.model import load_model
+
+    p = argparse.ArgumentParser(description="Score a model on the synthetic test prompts.")
+    p.add_argument("--model", default=None)
+    p.add_argument("-n", type=int, default=240)
+    p.add_argument("--samples", default=str(Path(__file__).parent / "samples.png"))
+    a = p.parse_args(argv)
+    model = load_model(a.model, device="cpu")
+    s75, images = evaluate_model(model, a.n, guidance_scale=7.5)
+    s1, _ = evaluate_model(model, a.n, guidance_scale=1.0)
+    print(f"w = 7.5: {s75.line()}")
+    print(f"w = 1:   {s1.line()}")
+    print(f"VAE reconstruction PSNR on 64 test images: {vae_psnr(model):.2f} dB")
+    scenes = test_scenes(16, model.default_size[0])
+    save_png(make_grid(images[:16], [s.caption().removeprefix("a ") for s in scenes], columns=8, min_tile=128),
+             a.samples, force=True)
+    print(f"wrote {a.samples}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The command line end to end on a tiny model: outputs, metadata, and one-line errors with exit code 2."""
+
+import pytest
+from PIL import Image
+
+from nulltext.bundled import data
+from nulltext.cli import main
+from nulltext.images import read_png_metadata
+
+
+@pytest.fixture
+def photo(tmp_path):
+    image, caption = data.sample("test", 3, 48)  # not the model's size: it is resized
+    path = tmp_path / "photo.png"
+    image.save(path)
+    return path, caption
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def nti(tmp_path, photo, tiny_dir, capsys):
+    path = tmp_path / "x.nti"
+    code, out, err = run(capsys, "invert", photo[0], "--prompt", photo[1], "-o", path, "--model", tiny_dir,
+                         "--steps", 5, "--inner-steps", 2, "--quiet")
+    assert code == 0, err
+    return path
+
+
+def test_invert_info_reconstruct_edit_attention(tmp_path, nti, tiny_dir, capsys, photo):
+    code, out, err = run(capsys, "info", nti)
+    assert code == 0 and photo[1] in out and "5 DDIM steps" in out
+    rec = tmp_path / "rec.png"
+    code, out, err = run(capsys, "reconstruct", nti, "-o", rec, "--model", tiny_dir, "--quiet")
+    assert code == 0 and "PSNR" in out and "VAE-only bound" in out and err == ""
+    assert Image.open(rec).size == (32, 32) and read_png_metadata(rec)["kind"] == "reconstruction"
+    shape = photo[1].split()[2]
+    new_shape = "square" if shape != "square" else "circle"
+    target = photo[1].replace(shape, new_shape)
+    code, out, err = run(capsys, "edit", nti, target, "-o", tmp_path / "edits", "--model", tiny_dir,
+                         "--blend", f"{shape},{new_shape}", "--reweight", f"{new_shape}=2", "--cross", "0.1,0.7", "--quiet")
+    assert code == 0, err
+    meta = read_png_metadata(tmp_path / "edits" / "edit_01.png")
+    assert meta["target_prompt"] == target and meta["source_prompt"] == photo[1]
+    assert f'"{new_shape}": 2.0' in meta["reweight"] and meta["cross_replace"] == "[0.1, 0.7]"
+    assert (tmp_path / "edits" / "grid.png").exists()
+    maps = tmp_path / "maps.png"
+    code, out, err = run(capsys, "attention", nti, "-o", maps, "--model", tiny_dir, "--quiet")
+    assert code == 0 and maps.exists()
+
+
+def test_existing_outputs_are_kept_without_force(tmp_path, nti, tiny_dir, photo, capsys):
+    before = nti.read_bytes()
+    code, out, err = run(capsys, "invert", photo[0], "--prompt", photo[1], "-o", nti, "--model", tiny_dir, "--quiet")
+    assert code == 2 and "--force" in err and nti.read_bytes() == before
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "text", "truncated"])
+def test_bad_photos(tmp_path, tiny_dir, capsys, photo, case):
+    bad = tmp_path / f"bad_{case}.jpg"
+    if case == "empty":
+        bad.write_bytes(b"")
+    elif case == "text":
+        bad.write_text("hello")
+    elif case == "truncated":
+        Image.open(photo[0]).save(bad, quality=95)
+        bad.write_bytes(bad.read_bytes()[:200])
+    out_file = tmp_path / "out.nti"
+    code, out, err = run(capsys, "invert", bad, "--prompt", "a red circle", "-o", out_file, "--model", tiny_dir, "-q")
+    assert code == 2 and bad.name in err and err.count("\n") == 1 and not out_file.exists()
+
+
+@pytest.mark.parametrize("prompt, message", [("", "prompt is empty"), ("a " * 40, "tokens long")])
+def test_bad_prompts(tmp_path, tiny_dir, photo, capsys, prompt, message):
+    code, out, err = run(capsys, "invert", photo[0], "--prompt", prompt, "-o", tmp_path / "o.nti", "--model", tiny_dir)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_bad_inversion_files_and_models(tmp_path, nti, tiny_dir, tiny_v_dir, capsys, photo):
+    corrupt = tmp_path / "corrupt.nti"
+    corrupt.write_bytes(nti.read_bytes()[:100])
+    code, out, err = run(capsys, "reconstruct", corrupt, "--model", tiny_dir, "-o", tmp_path / "r.png")
+    assert code == 2 and "corrupt" in err and not (tmp_path / "r.png").exists()
+    code, out, err = run(capsys, "reconstruct", nti, "--model", tiny_v_dir, "-o", tmp_path / "r.png")
+    assert code == 2 and "was made with model" in err
+    code, out, err = run(capsys, "reconstruct", nti, "--model", tmp_path / "no_such_model", "-o", tmp_path / "r.png")
+    assert code == 2 and "cannot load model" in err and err.count("\n") == 1
+    code, out, err = run(capsys, "edit", nti, photo[1] + " today", "--mode", "replace", "--model", tiny_dir,
+                         "-o", tmp_path / "e")
+    assert code == 2 and "refine" in err and not (tmp_path / "e").exists()
+
+
+def test_progress_bar_shows_loss_and_quiet_silences_it(tmp_path, photo, tiny_dir, capsys):
+    code, out, err = run(capsys, "invert", photo[0], "--prompt", photo[1], "-o", tmp_path / "a.nti", "--model",
+                         tiny_dir, "--steps", 3, "--inner-steps", 1)
+    assert code == 0 and "loss=" in err and "iters=" in err
+    code, out, err = run(capsys, "invert", photo[0], "--prompt", photo[1], "-o", tmp_path / "b.nti", "--model",
+                         tiny_dir, "--steps", 3, "--inner-steps", 1, "--quiet")
+    assert code == 0 and err == ""
