@@ -120,3 +120,25 @@ def test_non_finite_loss_stops_with_clear_error(tiny, monkeypatch):
     monkeypatch.setattr(tiny, "predict", lambda z, t, e: real(z, t, e) * float("nan") if torch.is_grad_enabled() else real(z, t, e))
     with pytest.raises(InversionError, match="float32"):
         invert(tiny, image, caption, InversionConfig(num_steps=3))
+
+
+@pytest.mark.parametrize("method", ["negative-prompt", "direct"])
+def test_other_methods_reconstruct_through_the_same_path(tiny, method, tmp_path):
+    """Negative-prompt inversion samples like w = 1; direct inversion lands on the pivot exactly."""
+    from nulltext.inversion_file import load_inversion, save_inversion
+
+    image, caption, _ = _photo(tiny)
+    inv = invert(tiny, image, caption, InversionConfig(method=method, num_steps=8))
+    inv = load_inversion(save_inversion(inv, tmp_path / "m.nti"), tiny)
+    cond = tiny.encode_text([caption])
+    with torch.no_grad():
+        z = sample(tiny, inv.latent_T, cond, inv.null_embeddings, inv.schedule(), 7.5, corrections=inv.corrections)
+    if method == "direct":  # back on the pivot, up to rounding that the random model's w = 7.5 amplifies
+        with torch.no_grad():
+            plain = sample(tiny, inv.latent_T, cond, inv.null_embeddings, inv.schedule(), 7.5)
+        assert (z - inv.pivot[:1]).abs().max() < 0.01 * (plain - inv.pivot[:1]).abs().max()
+    else:
+        null = tiny.encode_text([""]).expand(8, -1, -1)
+        with torch.no_grad():
+            w1 = sample(tiny, inv.latent_T, cond, null, inv.schedule(), 1.0)
+        torch.testing.assert_close(z, w1, atol=1e-4, rtol=1e-4)

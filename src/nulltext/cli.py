@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("photo")
     s.add_argument("--prompt", "-p", required=True, help="a caption of the photo")
     s.add_argument("-o", "--output", help="the .nti file (default: PHOTO's name with .nti, here)")
-    s.add_argument("--method", default="null-text", choices=["null-text", "ddim"])
+    s.add_argument("--method", default="null-text", choices=["null-text", "ddim", "negative-prompt", "direct"])
     s.add_argument("--steps", type=int, default=50, help="DDIM steps")
     s.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale w")
     s.add_argument("--inner-steps", type=int, default=10, help="Adam iterations per step at most")

@@ -22,7 +22,8 @@ StepCallback = Callable[[int, int], None]  # (steps done, total)
 
 
 def sample(model: Model, latent_T: torch.Tensor, cond: torch.Tensor, nulls: torch.Tensor, schedule: Schedule,
-           guidance_scale: float, callback: StepCallback | None = None) -> torch.Tensor:
+           guidance_scale: float, callback: StepCallback | None = None,
+           corrections: torch.Tensor | None = None) -> torch.Tensor:
     """Guided DDIM (eq. 12, η = 0) from z_T (1 or B, C, h, w) with ∅_t at step t; cond (B, tokens, dim), nulls (T, tokens, dim)."""
     B, T = cond.shape[0], schedule.num_steps
     z = latent_T.to(model.device).float().expand(B, -1, -1, -1)
@@ -31,6 +32,8 @@ def sample(model: Model, latent_T: torch.Tensor, cond: torch.Tensor, nulls: torc
         out = model.predict(torch.cat([z, z]), schedule.timestep(i), torch.cat([null, cond]))
         uncond_out, cond_out = out.chunk(2)
         z = ddim_step(guided(uncond_out, cond_out, guidance_scale), z, i, schedule)
+        if corrections is not None:  # direct inversion: back onto the pivot
+            z = z + corrections[i - 1 : i].to(z)
         if callback is not None:
             callback(k + 1, T)
     return z
@@ -41,7 +44,7 @@ def reconstruct(model: Model, inversion: Inversion, callback: StepCallback | Non
     """The inversion's guided reconstruction, an image (1, 3, H, W) in [-1, 1]."""
     cond = model.encode_text([inversion.prompt])
     z0 = sample(model, inversion.latent_T, cond, inversion.null_embeddings, inversion.schedule(),
-                inversion.config.guidance_scale, callback)
+                inversion.config.guidance_scale, callback, inversion.corrections)
     return model.decode_latents(z0).cpu()
 
 
@@ -77,6 +80,8 @@ def edit(model: Model, inversion: Inversion, targets: list[str], config: EditCon
             controller.begin(k, "source")
             out = model.predict(torch.cat([z_source, z_source]), tau, torch.cat([null, cond_source]))
             z_source_next = ddim_step(guided(*out.chunk(2), w), z_source, i, schedule)
+            if inversion.corrections is not None:  # direct inversion corrects the source branch only
+                z_source_next = z_source_next + inversion.corrections[i - 1 : i].to(z_source_next)
             # 2. the targets' pass with rewritten attention
             controller.begin(k, "target")
             nulls = null.expand(n, -1, -1)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from nulltext.ddim import Schedule, ddim_inverse_step, ddim_step, guided, make_schedule
 from nulltext.model import Model
 
-Method = Literal["null-text", "ddim"]
+Method = Literal["null-text", "ddim", "negative-prompt", "direct"]
 
 
 class InversionError(RuntimeError):
@@ -88,6 +88,7 @@ class Inversion:
     inner_iterations: list[int] = field(default_factory=list)  # Adam iterations of step t at index t − 1
     wall_time: float = 0.0
     pivot: torch.Tensor | None = None  # (T+1, C, h, w) z*_0 … z*_T
+    corrections: torch.Tensor | None = None  # (T, C, h, w) direct inversion: z*_{t−1} − z_{t−1}(z*_t), index t − 1
 
     @property
     def num_steps(self) -> int:
@@ -162,6 +163,23 @@ def null_text_optimise(model: Model, pivot: torch.Tensor, cond: torch.Tensor, un
     return torch.stack(nulls), losses, iterations
 
 
+@torch.no_grad()
+def direct_corrections(model: Model, pivot: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                       schedule: Schedule, guidance_scale: float) -> torch.Tensor:
+    """Direct inversion (Ju et al. 2023, "PnP Inversion"): d_t = z*_{t−1} − z_{t−1}(z*_t, ψ(""), C), (T, C, h, w).
+
+    Adding d_t after each guided step of the source branch puts it back on the pivot exactly.
+    """
+    T = schedule.num_steps
+    corrections = torch.zeros_like(pivot[1:])
+    for t in range(T, 0, -1):
+        z_t, tau = pivot[t : t + 1].to(model.device), schedule.timestep(t)
+        out = model.predict(torch.cat([z_t, z_t]), tau, torch.cat([uncond, cond]))
+        z_prev = ddim_step(guided(*out.chunk(2), guidance_scale), z_t, t, schedule)
+        corrections[t - 1] = (pivot[t - 1 : t].to(model.device) - z_prev)[0].cpu()
+    return corrections
+
+
 # ---------------------------------------------------------------------------------------------
 # The whole inversion of one photo
 
@@ -176,16 +194,24 @@ def invert(model: Model, image: torch.Tensor, prompt: str, config: InversionConf
     cond, uncond = model.encode_text([prompt]), model.encode_text([""])
     z0 = model.encode_image(image).float()
     pivot = ddim_invert(model, z0, cond, schedule, config.pivot_guidance_scale, uncond)
+    corrections = None
     if config.method == "null-text":
         nulls, losses, iterations = null_text_optimise(model, pivot, cond, uncond, schedule, config, callback)
     elif config.method == "ddim":
         nulls = uncond.float().expand(config.num_steps, -1, -1).clone()
         losses, iterations = [], [0] * config.num_steps
+    elif config.method == "negative-prompt":  # Miyake et al. 2023: ∅_t = C, no optimisation
+        nulls = cond.float().expand(config.num_steps, -1, -1).clone()
+        losses, iterations = [], [0] * config.num_steps
+    elif config.method == "direct":  # Ju et al. 2023: keep ψ(""), store the per-step gap to the pivot
+        nulls = uncond.float().expand(config.num_steps, -1, -1).clone()
+        corrections = direct_corrections(model, pivot, cond, uncond, schedule, config.guidance_scale)
+        losses, iterations = corrections.flatten(1).pow(2).mean(1).tolist(), [0] * config.num_steps
     else:
         raise ValueError(f"unknown inversion method {config.method!r}")
     return Inversion(
         latent_T=pivot[-1:].cpu().clone(), null_embeddings=nulls.cpu(), prompt=prompt, config=config,
         scheduler_config=dict(model.scheduler_config), image_size=(image.shape[-1], image.shape[-2]),
         model_source=model.source, model_identity=model.identity, losses=losses, inner_iterations=iterations,
-        wall_time=time.perf_counter() - start, pivot=pivot.cpu() if config.keep_pivot else None, **provenance,
+        wall_time=time.perf_counter() - start, pivot=pivot.cpu() if config.keep_pivot else None, corrections=corrections, **provenance,
     )

@@ -1,7 +1,7 @@
 """The inversion file: one .safetensors file, tensors plus a JSON header.
 
-Tensors: `latent_T` (1,C,h,w), `null_embeddings` (T,tokens,dim), optionally `pivot` (T+1,C,h,w) and
-`photo` (H,W,3) uint8. The header metadata holds `format` = "nulltext-inversion", `format_version`
+Tensors: `latent_T` (1,C,h,w), `null_embeddings` (T,tokens,dim), optionally `pivot` (T+1,C,h,w),
+`photo` (H,W,3) uint8 and, for direct inversion, `corrections` (T,C,h,w). The header metadata holds `format` = "nulltext-inversion", `format_version`
 and `nulltext` = JSON of everything else (prompt, settings, scheduler config, sizes, crop, model
 source and identity, per-step losses and iterations, wall time, nulltext version).
 
@@ -28,7 +28,7 @@ from nulltext.model import Model
 
 FORMAT = "nulltext-inversion"
 FORMAT_VERSION = 1
-_TENSORS = ("latent_T", "null_embeddings", "pivot", "photo")
+_TENSORS = ("latent_T", "null_embeddings", "pivot", "photo", "corrections")
 
 
 class InversionFileError(ValueError):
@@ -103,7 +103,7 @@ def load_inversion(path: str | Path, model: Model | None = None) -> Inversion:
             model_source=h["model_source"], model_identity=h["model_identity"], photo=tensors.get("photo"),
             crop_box=tuple(h["crop_box"]) if h.get("crop_box") else None, source_path=h.get("source_path"),
             losses=h.get("losses", []), inner_iterations=h.get("inner_iterations", []),
-            wall_time=h.get("wall_time", 0.0), pivot=tensors.get("pivot"),
+            wall_time=h.get("wall_time", 0.0), pivot=tensors.get("pivot"), corrections=tensors.get("corrections"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise InversionFileError(f"'{path}' has a damaged nulltext header ({type(e).__name__}: {e}) — "
@@ -123,6 +123,8 @@ def _check_shapes(inv: Inversion, path: Path) -> None:
         problems.append(f"null_embeddings has shape {tuple(inv.null_embeddings.shape)}, expected ({T}, tokens, dim)")
     if inv.pivot is not None and (inv.pivot.shape[0] != T + 1 or inv.pivot.shape[1:] != inv.latent_T.shape[1:]):
         problems.append(f"pivot has shape {tuple(inv.pivot.shape)}, expected ({T + 1}, {tuple(inv.latent_T.shape[1:])})")
+    if inv.config.method == "direct" and (inv.corrections is None or inv.corrections.shape[0] != T):
+        problems.append("a direct inversion needs its per-step corrections")
     if problems:
         raise InversionFileError(f"'{path}' is inconsistent: {problems[0]} — re-run `nulltext invert`")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,21 +230,24 @@ def _load_components(source: str):
     if path.is_file():
         return _load_single_file(path)
     if path.exists() and not path.is_dir():
-        raise ModelLoadError(f"cannot load model {source!r}: not a folder or a checkpoint file")
+        raise ModelLoadError(f"cannot load model {source!r}: not a folder or a checkpoint file — pass a diffusers "
+                             "folder or a .safetensors checkpoint")
     if source != BUNDLED and not path.exists() and (source.startswith((".", "/", "~")) or source.count("/") != 1):
         raise ModelLoadError(f"cannot load model {source!r}: no such folder or file — pass a diffusers folder, a "
                              ".safetensors file or a hub id (owner/name)")
     where = str(path) if path.exists() else source
-    unet = UNet2DConditionModel.from_pretrained(where, subfolder="unet")
-    vae = AutoencoderKL.from_pretrained(where, subfolder="vae")
-    text_encoder = CLIPTextModel.from_pretrained(where, subfolder="text_encoder")
-    tokenizer = CLIPTokenizer.from_pretrained(where, subfolder="tokenizer")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")  # read now, not at import
+    kw = {"local_files_only": True} if offline else {}
+    unet = UNet2DConditionModel.from_pretrained(where, subfolder="unet", **kw)
+    vae = AutoencoderKL.from_pretrained(where, subfolder="vae", **kw)
+    text_encoder = CLIPTextModel.from_pretrained(where, subfolder="text_encoder", **kw)
+    tokenizer = CLIPTokenizer.from_pretrained(where, subfolder="tokenizer", **kw)
     if path.exists():
         scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     else:
         from diffusers import DDIMScheduler
 
-        scheduler_config = dict(DDIMScheduler.from_pretrained(where, subfolder="scheduler").config)
+        scheduler_config = dict(DDIMScheduler.from_pretrained(where, subfolder="scheduler", **kw).config)
     return unet, vae, text_encoder, tokenizer, _ddim_config(scheduler_config)
 
 
@@ -252,6 +256,7 @@ def _load_single_file(path: Path):
     from diffusers import StableDiffusionPipeline
 
     if path.suffix not in (".safetensors", ".ckpt"):
-        raise ModelLoadError(f"cannot load model '{path}': a single-file model must be .safetensors or .ckpt")
+        raise ModelLoadError(f"cannot load model '{path}': a single-file model must be .safetensors or .ckpt — "
+                             "pass a diffusers folder or a .safetensors checkpoint")
     pipe = StableDiffusionPipeline.from_single_file(str(path), load_safety_checker=False)
     return pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, _ddim_config(dict(pipe.scheduler.config))

@@ -1,0 +1,62 @@
+"""Loading models: sources, identity, dtype and device rules, prompt and size checks, one-line errors."""
+
+import pytest
+import torch
+
+from nulltext.model import ModelLoadError, PromptError, load_model, resolve_dtype
+
+
+def test_identity_is_stable_across_loads_and_dtypes_and_differs_between_models(tiny_dir, tiny_v_dir, tiny):
+    again = load_model(tiny_dir, device="cpu")
+    bf16 = load_model(tiny_dir, device="cpu", dtype="bfloat16")
+    other = load_model(tiny_v_dir, device="cpu")
+    assert again.identity == tiny.identity == bf16.identity
+    assert other.identity != tiny.identity and len(tiny.identity) == 16
+    assert bf16.dtype == torch.bfloat16 and tiny.dtype == torch.float32
+
+
+def test_sizes_and_factors_come_from_the_configs(tiny, bundled):
+    assert tiny.vae_scale_factor == 2 and tiny.default_size == (32, 32) and tiny.size_multiple == 4
+    assert bundled.vae_scale_factor == 4 and bundled.default_size == (64, 64)
+    assert bundled.scaling_factor == bundled.vae.config.scaling_factor != 0.18215
+    bundled.check_size((96, 64))
+    with pytest.raises(ValueError, match="not a multiple of 8"):
+        bundled.check_size((60, 64))
+
+
+def test_dtype_rules():
+    assert resolve_dtype(None, torch.device("cpu")) == torch.float32
+    assert resolve_dtype(None, torch.device("cuda")) == torch.float16
+    assert resolve_dtype("bf16", torch.device("cuda")) == torch.bfloat16
+    with pytest.raises(ModelLoadError, match="float16 is not supported on the CPU"):
+        resolve_dtype("float16", torch.device("cpu"))
+    with pytest.raises(ModelLoadError, match="unknown dtype"):
+        resolve_dtype("int8", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty_dir", "bad_file", "txt", "hub"])
+def test_unloadable_models_give_one_line(tmp_path, monkeypatch, kind):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = {
+        "missing": tmp_path / "nope",
+        "empty_dir": tmp_path,
+        "bad_file": tmp_path / "model.safetensors",
+        "txt": tmp_path / "model.txt",
+        "hub": "someone/not-cached-model",
+    }[kind]
+    if kind in ("bad_file", "txt"):
+        source.write_text("not weights")
+    with pytest.raises(ModelLoadError) as e:
+        load_model(source, device="cpu")
+    message = str(e.value)
+    assert "\n" not in message and str(source) in message and "—" in message
+
+
+def test_prompt_checks(tiny):
+    with pytest.raises(PromptError, match="empty"):
+        tiny.check_prompt("   ")
+    with pytest.raises(PromptError, match=r"is 42 tokens long; this model reads at most 16"):
+        tiny.check_prompt("a " * 40)
+    tiny.check_prompt("a red circle")
+    emb = tiny.encode_text(["", "a red circle"])
+    assert emb.shape == (2, 16, 32) and not torch.equal(emb[0], emb[1])
