@@ -142,3 +142,16 @@ def test_other_methods_reconstruct_through_the_same_path(tiny, method, tmp_path)
         with torch.no_grad():
             w1 = sample(tiny, inv.latent_T, cond, null, inv.schedule(), 1.0)
         torch.testing.assert_close(z, w1, atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_model_optimises_fp32_embeddings(tiny_dir):
+    """Under a half-precision model the null embeddings and the loss stay fp32 and the loss still falls."""
+    from nulltext.model import load_model
+
+    model = load_model(tiny_dir, device="cpu", dtype="bfloat16")
+    image, caption, _ = _photo(model)
+    config = InversionConfig(num_steps=5, inner_steps=10, early_stop=0.0, early_stop_growth=0.0)
+    inv = invert(model, image, caption, config)
+    plain = invert(model, image, caption, dataclasses.replace(config, inner_steps=0))
+    assert inv.null_embeddings.dtype == torch.float32 and all(map(lambda v: v == v, inv.losses))
+    assert sum(inv.losses) < sum(plain.losses)

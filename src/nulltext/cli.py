@@ -258,6 +258,29 @@ def cmd_info(args) -> None:
     print("\n".join(lines))
 
 
+def cmd_study(args) -> None:
+    from nulltext import study
+
+    model = _load_model(args)
+    out = Path(args.output)
+    bar = _progress(args, None, f"study {args.study}")
+
+    def progress(text: str) -> None:
+        bar.set_description_str(text)
+        bar.update(1)
+
+    if args.study == "ablation":
+        config = study.AblationConfig(images=args.images)
+        if args.checkpoints:
+            config.checkpoints = tuple(int(v) for v in args.checkpoints.split(","))
+        paths = study.ablation_report(study.run_ablation(model, config, progress), out, model.source)
+    else:
+        paths = study.guidance_report(study.run_guidance_table(model, args.images, progress), out, args.images)
+    bar.close()
+    for p in paths:
+        _say(args, f"wrote {p}")
+
+
 def cmd_demo(args) -> None:
     from nulltext.demo import run_demo
 
@@ -325,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("inversion")
     s.add_argument("-o", "--output")
     s.set_defaults(func=cmd_attention)
+
+    s = sub.add_parser("study", parents=[common], help="the paper's ablation and guidance table on this model")
+    s.add_argument("study", choices=["ablation", "guidance"])
+    s.add_argument("--images", type=int, default=20, help="test photos of the bundled data set")
+    s.add_argument("--checkpoints", help="comma-separated cumulative iteration counts (ablation)")
+    s.add_argument("-o", "--output", default="study", help="output folder")
+    s.set_defaults(func=cmd_study)
 
     s = sub.add_parser("info", help="print an .nti file's metadata")
     s.add_argument("inversion")

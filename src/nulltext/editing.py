@@ -24,12 +24,16 @@ StepCallback = Callable[[int, int], None]  # (steps done, total)
 def sample(model: Model, latent_T: torch.Tensor, cond: torch.Tensor, nulls: torch.Tensor, schedule: Schedule,
            guidance_scale: float, callback: StepCallback | None = None,
            corrections: torch.Tensor | None = None) -> torch.Tensor:
-    """Guided DDIM (eq. 12, η = 0) from z_T (1 or B, C, h, w) with ∅_t at step t; cond (B, tokens, dim), nulls (T, tokens, dim)."""
-    B, T = cond.shape[0], schedule.num_steps
+    """Guided DDIM (eq. 12, η = 0) from z_T (1 or B, C, h, w) with ∅_t at step t.
+
+    cond is (B, tokens, dim), or (T, B, tokens, dim) for a caption embedding per step; nulls (T, tokens, dim).
+    """
+    B, T = cond.shape[-3], schedule.num_steps
     z = latent_T.to(model.device).float().expand(B, -1, -1, -1)
     for k, i in enumerate(range(T, 0, -1)):
         null = nulls[i - 1 : i].to(model.device).expand(B, -1, -1)
-        out = model.predict(torch.cat([z, z]), schedule.timestep(i), torch.cat([null, cond]))
+        c = cond if cond.ndim == 3 else cond[i - 1].to(model.device)
+        out = model.predict(torch.cat([z, z]), schedule.timestep(i), torch.cat([null, c]))
         uncond_out, cond_out = out.chunk(2)
         z = ddim_step(guided(uncond_out, cond_out, guidance_scale), z, i, schedule)
         if corrections is not None:  # direct inversion: back onto the pivot

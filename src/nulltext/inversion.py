@@ -122,31 +122,54 @@ def ddim_invert(model: Model, z0: torch.Tensor, cond: torch.Tensor, schedule: Sc
 # Null-text optimisation
 
 
+@dataclass
+class Optimised:
+    """Per-step embeddings from `null_text_optimise`, each list indexed by t − 1."""
+
+    embeddings: torch.Tensor  # (T, tokens, dim) float32: ∅_1 … ∅_T (or C_1 … C_T when optimising C)
+    losses: list[float]
+    iterations: list[int]
+    # cumulative Adam iterations B → (embeddings if stopped after B iterations, the embedding being optimised then)
+    snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
 def null_text_optimise(model: Model, pivot: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
                        schedule: Schedule, config: InversionConfig, callback: Callback | None = None,
-                       ) -> tuple[torch.Tensor, list[float], list[int]]:
+                       optimise: Literal["null", "cond"] = "null", checkpoints: tuple[int, ...] = ()) -> Optimised:
     """Algorithm 1: per-step null embeddings so guided DDIM from z*_T follows the pivot.
 
-    Returns (null_embeddings (T, tokens, dim) float32, final loss per step, Adam iterations per step),
-    each indexed by t − 1. The conditional prediction is computed once per step; the inner loop
-    checks the early-stop threshold before each Adam update, so a step that stops early reuses its
-    last forward pass for z̄_{t−1} and a step that does not costs one more unconditional pass.
+    The fixed branch's prediction is computed once per step; the inner loop checks the early-stop
+    threshold before each Adam update, so a step that stops early reuses its last forward pass for
+    z̄_{t−1} and a step that does not costs one more pass. `optimise="cond"` optimises the caption's
+    embedding instead (the paper's textual-inversion ablation); `checkpoints` records what the result
+    would be if the optimisation stopped after that many Adam iterations in all (for the ablation).
     """
     T, w = schedule.num_steps, config.guidance_scale
-    phi = uncond.detach().float().clone()  # ∅_T ← ψ("")
+    fixed, phi = (cond, uncond) if optimise == "null" else (uncond, cond)
+    phi = phi.detach().float().clone()  # ∅_T ← ψ("")
     z_bar = pivot[T : T + 1].to(model.device)
-    nulls, losses, iterations = [None] * T, [0.0] * T, [0] * T
+    done, losses, iterations = [None] * T, [0.0] * T, [0] * T
+    pending, snapshots, total = sorted(checkpoints), {}, 0
+
+    def snapshot() -> None:
+        while pending and pending[0] <= total:
+            current = phi.detach()[0].clone()
+            snapshots[pending.pop(0)] = (torch.stack([d if d is not None else current for d in done]).cpu(), current.cpu())
+
+    snapshot()
     for k, t in enumerate(range(T, 0, -1)):
         tau, target = schedule.timestep(t), pivot[t - 1 : t].to(model.device).float()
         with torch.no_grad():
-            out_cond = model.predict(z_bar, tau, cond)  # C never changes: once per step
+            out_fixed = model.predict(z_bar, tau, fixed)  # C (or ψ("")) never changes: once per step
         phi = phi.detach().requires_grad_(True)
         optimiser = torch.optim.Adam([phi], lr=config.learning_rate_at(k))
         threshold = config.threshold_at(k)
         used = 0
         for used in range(config.inner_steps + 1):
             with torch.set_grad_enabled(used < config.inner_steps):
-                z_prev = ddim_step(guided(model.predict(z_bar, tau, phi), out_cond, w), z_bar, t, schedule)
+                out = model.predict(z_bar, tau, phi)
+                out = guided(out, out_fixed, w) if optimise == "null" else guided(out_fixed, out, w)
+                z_prev = ddim_step(out, z_bar, t, schedule)
                 loss = F.mse_loss(z_prev, target)
             if not torch.isfinite(loss):
                 raise InversionError(f"null-text loss became {loss.item()} at step {k + 1}/{T} (timestep {tau}) — "
@@ -156,11 +179,15 @@ def null_text_optimise(model: Model, pivot: torch.Tensor, cond: torch.Tensor, un
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-        nulls[t - 1], losses[t - 1], iterations[t - 1] = phi.detach()[0], loss.item(), used
+            total += 1
+            snapshot()
+        done[t - 1], losses[t - 1], iterations[t - 1] = phi.detach()[0], loss.item(), used
         z_bar = z_prev.detach()  # z̄_{t−1}
         if callback is not None:
             callback(StepReport(k + 1, T, tau, used, loss.item()))
-    return torch.stack(nulls), losses, iterations
+    total = max(checkpoints, default=0)
+    snapshot()
+    return Optimised(torch.stack(done), losses, iterations, snapshots)
 
 
 @torch.no_grad()
@@ -196,7 +223,8 @@ def invert(model: Model, image: torch.Tensor, prompt: str, config: InversionConf
     pivot = ddim_invert(model, z0, cond, schedule, config.pivot_guidance_scale, uncond)
     corrections = None
     if config.method == "null-text":
-        nulls, losses, iterations = null_text_optimise(model, pivot, cond, uncond, schedule, config, callback)
+        result = null_text_optimise(model, pivot, cond, uncond, schedule, config, callback)
+        nulls, losses, iterations = result.embeddings, result.losses, result.iterations
     elif config.method == "ddim":
         nulls = uncond.float().expand(config.num_steps, -1, -1).clone()
         losses, iterations = [], [0] * config.num_steps

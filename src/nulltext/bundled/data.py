@@ -148,3 +148,17 @@ def nearest_colour(rgb: np.ndarray) -> str:
 
 def circle_fill_ratio() -> float:
     return math.pi / 4
+
+
+DEMO_INDEX = 829  # test split: "a red circle on a blue background", centred, medium size
+
+
+def write_demo_photo(path) -> None:
+    """The demo photo shipped with the package: a test-split image with its caption in the PNG text."""
+    from PIL.PngImagePlugin import PngInfo
+
+    image, caption = sample("test", DEMO_INDEX)
+    info = PngInfo()
+    info.add_text("caption", caption)
+    info.add_text("source", f"nulltext.bundled.data test split, index {DEMO_INDEX}")
+    image.save(path, pnginfo=info)

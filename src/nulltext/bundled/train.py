@@ -337,6 +337,7 @@ def main(argv=None) -> None:
         return
     unet, text = train_unet(cfg, vae, tokenizer, a.quiet)
     save_pipeline(cfg.out_dir, vae, unet, text, tokenizer, cfg)
+    data.write_demo_photo(Path(cfg.out_dir).parent / "photo.png")
     print(f"saved to {cfg.out_dir} after {time.time() - t0:.0f}s")
 
 
