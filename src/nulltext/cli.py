@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -94,14 +95,19 @@ def _step_bar(args, desc: str):
     return callback
 
 
-def _say(args, text: str) -> None:
-    print(text)
+def _refuse_existing(paths: list[Path], args) -> None:
+    """Earlier results are never overwritten without --force."""
+    existing = [p for p in paths if p.exists()]
+    if existing and not args.force:
+        raise CLIError(f"{existing[0]} exists — pass --force to overwrite it, or -o to write elsewhere")
 
 
-def _load_inversion(path, model):
+def _open(args):
+    """The model and the inversion file it must have made."""
     from nulltext.inversion_file import load_inversion
 
-    return load_inversion(path, model)
+    model = _load_model(args)
+    return model, load_inversion(args.inversion, model)
 
 
 def _edit_config(args):
@@ -132,8 +138,7 @@ def cmd_invert(args) -> None:
     from nulltext.inversion_file import save_inversion
 
     out = Path(args.output or Path(args.photo).with_suffix(".nti").name)
-    if out.exists() and not args.force:
-        raise CLIError(f"{out} exists — pass --force to overwrite it or -o to write elsewhere")
+    _refuse_existing([out], args)
     model = _load_model(args)
     size = args.size or model.default_size
     model.check_size(size)
@@ -156,7 +161,7 @@ def cmd_invert(args) -> None:
     bar.close()
     save_inversion(inversion, out)
     iters = sum(inversion.inner_iterations)
-    _say(args, f"wrote {out}  ({inversion.wall_time:.1f} s, {iters} Adam iterations"
+    print(f"wrote {out}  ({inversion.wall_time:.1f} s, {iters} Adam iterations"
                + (f", final loss {inversion.losses[0]:.2e})" if inversion.losses else ")"))
 
 
@@ -179,36 +184,29 @@ def cmd_reconstruct(args) -> None:
     from nulltext.editing import reconstruct
     from nulltext.images import save_png, to_pil
 
-    model = _load_model(args)
-    inversion = _load_inversion(args.inversion, model)
     out = Path(args.output or Path(args.inversion).with_suffix(".png").name)
-    if out.exists() and not args.force:
-        raise CLIError(f"{out} exists — pass --force to overwrite it or -o to write elsewhere")
+    _refuse_existing([out], args)
+    model, inversion = _open(args)
     image = reconstruct(model, inversion, _step_bar(args, "reconstruct"))
     save_png(to_pil(image)[0], out, _metadata(model, inversion, kind="reconstruction"), force=True)
-    _say(args, f"wrote {out}")
+    print(f"wrote {out}")
     report = _psnr_report(model, inversion, image)
     if report:
-        _say(args, report)
+        print(report)
 
 
 def cmd_edit(args) -> None:
     from nulltext.editing import edit
     from nulltext.images import make_grid, save_png, to_pil
 
-    model = _load_model(args)
-    inversion = _load_inversion(args.inversion, model)
+    out = Path(args.output)
+    names = [out / f"edit_{j + 1:02d}.png" for j in range(max(1, len(args.targets)))] + [out / "grid.png"]
+    _refuse_existing(names, args)
+    model, inversion = _open(args)
     targets = args.targets or [inversion.prompt]
     config = _edit_config(args)
-    out = Path(args.output)
-    names = [out / f"edit_{j + 1:02d}.png" for j in range(len(targets))] + [out / "grid.png"]
-    existing = [str(p) for p in names if p.exists()]
-    if existing and not args.force:
-        raise CLIError(f"{existing[0]} exists — pass --force to overwrite, or -o another folder")
     result = edit(model, inversion, targets, config, _step_bar(args, "edit"))
     images = to_pil(result.images)
-    import dataclasses
-
     settings = dataclasses.asdict(config)
     for j, target in enumerate(targets):
         save_png(images[j + 1], names[j], _metadata(model, inversion, kind="edit", target_prompt=target, **settings),
@@ -217,7 +215,7 @@ def cmd_edit(args) -> None:
     save_png(make_grid(images, labels), names[-1], _metadata(model, inversion, kind="edit grid", targets=targets),
              force=True)
     for p in names:
-        _say(args, f"wrote {p}")
+        print(f"wrote {p}")
 
 
 def cmd_attention(args) -> None:
@@ -225,16 +223,14 @@ def cmd_attention(args) -> None:
     from nulltext.images import make_grid, save_png
     from nulltext.viz import attention_tiles
 
-    model = _load_model(args)
-    inversion = _load_inversion(args.inversion, model)
     out = Path(args.output or Path(args.inversion).with_suffix(".attention.png").name)
-    if out.exists() and not args.force:
-        raise CLIError(f"{out} exists — pass --force to overwrite it")
+    _refuse_existing([out], args)
+    model, inversion = _open(args)
     tokens, maps, image = attention_maps(model, inversion, _step_bar(args, "attention"))
     tiles = attention_tiles(image, maps)
     save_png(make_grid(tiles, ["reconstruction", *tokens]), out, _metadata(model, inversion, kind="attention maps"),
              force=True)
-    _say(args, f"wrote {out}")
+    print(f"wrote {out}")
 
 
 def cmd_info(args) -> None:
@@ -278,7 +274,7 @@ def cmd_study(args) -> None:
         paths = study.guidance_report(study.run_guidance_table(model, args.images, progress), out, args.images)
     bar.close()
     for p in paths:
-        _say(args, f"wrote {p}")
+        print(f"wrote {p}")
 
 
 def cmd_demo(args) -> None:
@@ -287,7 +283,7 @@ def cmd_demo(args) -> None:
     model = _load_model(args)
     result = run_demo(model, Path(args.output), force=args.force, quiet=args.quiet)
     for line in result.summary_lines():
-        _say(args, line)
+        print(line)
 
 
 # ---------------------------------------------------------------------------------------------
