@@ -101,3 +101,42 @@ def test_progress_bar_shows_loss_and_quiet_silences_it(tmp_path, photo, tiny_dir
     code, out, err = run(capsys, "invert", photo[0], "--prompt", photo[1], "-o", tmp_path / "b.nti", "--model",
                          tiny_dir, "--steps", 3, "--inner-steps", 1, "--quiet")
     assert code == 0 and err == ""
+
+
+def test_demo_on_the_bundled_model(tmp_path, capsys):
+    import re
+
+    code, out, err = run(capsys, "demo", "-o", tmp_path, "--quiet")
+    assert code == 0 and err == "", err
+    grid = Image.open(tmp_path / "demo_grid.png")
+    assert grid.size[0] > 3 * 64
+    rec, bound = map(float, re.search(r"PSNR ([\d.]+) dB \(VAE-only bound ([\d.]+) dB\)", out).groups())
+    assert rec >= bound - 0.5
+    code, out, err = run(capsys, "demo", "-o", tmp_path, "--quiet")
+    assert code == 2 and "--force" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["invert", "{photo}", "--prompt", "a red circle", "--size", "30x32"], "not a multiple of 4"),
+    (["invert", "{photo}", "--prompt", "a red circle", "--device", "cuda:7"], "not available"),
+    (["edit", "{nti}", "a red circle", "--cross", "0.8,0.2"], "step range"),
+    (["edit", "{nti}", "--reweight", "tiger=2"], "in no target prompt"),
+])
+def test_bad_settings_give_one_line(tmp_path, nti, photo, tiny_dir, capsys, argv, message):
+    argv = [a.format(photo=photo[0], nti=nti) for a in argv]
+    code, out, err = run(capsys, *argv, "--model", tiny_dir, "-o", tmp_path / "out", "-q")
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_argument_ranges_are_checked_by_the_parser(capsys, photo):
+    with pytest.raises(SystemExit) as e:
+        main(["invert", str(photo[0]), "--prompt", "a red circle", "--steps", "0"])
+    assert e.value.code == 2 and "from 1 to 1000" in capsys.readouterr().err
+
+
+def test_inversion_file_is_readable_as_an_ordinary_file(nti):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert nti.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -98,3 +98,13 @@ def test_header_is_plain_json(inversion, tmp_path):
     assert header["prompt"] == inversion.prompt
     assert header["config"]["guidance_scale"] == 7.5 and header["config"]["num_steps"] == 8
     assert len(header["losses"]) == 8 and header["model_identity"] == inversion.model_identity
+
+
+def test_library_refuses_to_replay_on_another_model(inversion, tiny_v_dir):
+    from nulltext.editing import edit
+
+    other = load_model(tiny_v_dir, device="cpu")
+    with pytest.raises(InversionFileError, match="was made with model"):
+        reconstruct(other, inversion)
+    with pytest.raises(InversionFileError, match="was made with model"):
+        edit(other, inversion, [inversion.prompt])

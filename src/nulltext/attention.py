@@ -40,12 +40,14 @@ class ControlledAttnProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         is_cross = encoder_hidden_states is not None
         pixels = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[2] * hidden_states.shape[3]
+        if temb is not None:  # only processors that take it are handed it (SlicedAttnProcessor does not)
+            kwargs["temb"] = temb
         if not self.controller.wants(self.layer, is_cross, pixels):
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
         if not self.controller.rewrites:
             probs = attention_probs(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
             self.controller(self.layer, is_cross, probs)
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
         return explicit_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
                                   lambda p: self.controller(self.layer, is_cross, p))
 

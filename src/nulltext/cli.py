@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,19 @@ def _size(text: str) -> tuple[int, int]:
         return (int(w), int(h or w))
     except ValueError:
         raise argparse.ArgumentTypeError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 512x512") from None
+
+
+def _count(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {low} to {high}")
+        return value
+
+    return parse
 
 
 def _box(text: str) -> tuple[int, int, int, int]:
@@ -107,7 +121,12 @@ def _open(args):
     from nulltext.inversion_file import load_inversion
 
     model = _load_model(args)
-    return model, load_inversion(args.inversion, model)
+    inversion = load_inversion(args.inversion, model)
+    made_in, now = inversion.model_dtype, str(model.dtype).removeprefix("torch.")
+    if made_in and made_in != now and not args.quiet:
+        print(f"nulltext: note: {args.inversion} was inverted in {made_in}, replayed in {now}; "
+              f"pass --dtype {made_in} for the exact reconstruction", file=sys.stderr)
+    return model, inversion
 
 
 def _edit_config(args):
@@ -257,7 +276,6 @@ def cmd_info(args) -> None:
 def cmd_study(args) -> None:
     from nulltext import study
 
-    model = _load_model(args)
     out = Path(args.output)
     bar = _progress(args, None, f"study {args.study}")
 
@@ -265,6 +283,9 @@ def cmd_study(args) -> None:
         bar.set_description_str(text)
         bar.update(1)
 
+    names = ["ablation.png", "ablation.md", "ablation.json"] if args.study == "ablation" else ["guidance.md", "guidance.json"]
+    _refuse_existing([out / n for n in names], args)
+    model = _load_model(args)
     if args.study == "ablation":
         config = study.AblationConfig(images=args.images)
         if args.checkpoints:
@@ -310,9 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", "-p", required=True, help="a caption of the photo")
     s.add_argument("-o", "--output", help="the .nti file (default: PHOTO's name with .nti, here)")
     s.add_argument("--method", default="null-text", choices=["null-text", "ddim", "negative-prompt", "direct"])
-    s.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    s.add_argument("--steps", type=_count(1, 1000), default=50, help="DDIM steps")
     s.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale w")
-    s.add_argument("--inner-steps", type=int, default=10, help="Adam iterations per step at most")
+    s.add_argument("--inner-steps", type=_count(0, 1000), default=10, help="Adam iterations per step at most")
     s.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate at the first step")
     s.add_argument("--size", type=_size, help="WIDTHxHEIGHT (default: the model's native size)")
     s.add_argument("--crop", type=_box, help="LEFT,TOP,RIGHT,BOTTOM crop box (default: centre crop)")
@@ -347,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("study", parents=[common], help="the paper's ablation and guidance table on this model")
     s.add_argument("study", choices=["ablation", "guidance"])
-    s.add_argument("--images", type=int, default=20, help="test photos of the bundled data set")
+    s.add_argument("--images", type=_count(1, 10000), default=20, help="test photos of the bundled data set")
     s.add_argument("--checkpoints", help="comma-separated cumulative iteration counts (ablation)")
     s.add_argument("-o", "--output", default="study", help="output folder")
     s.set_defaults(func=cmd_study)
@@ -371,16 +392,21 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
-    from nulltext.errors import USER_ERRORS
+    from nulltext.errors import RUNTIME_ERRORS, USER_ERRORS
 
     try:
         args.func(args)
-    except (CLIError, *USER_ERRORS) as e:
+    except (CLIError, *USER_ERRORS, *RUNTIME_ERRORS) as e:
+        if os.environ.get("NULLTEXT_DEBUG"):
+            raise
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not isinstance(e, (CLIError, *USER_ERRORS)):
+            message = f"{type(e).__name__}: {message}"
         print(f"nulltext: error: {message}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("nulltext: interrupted — nothing was written", file=sys.stderr)
+        print("nulltext: interrupted — files already reported as written are complete; no partial file was left",
+              file=sys.stderr)
         return 130
     return 0
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from nulltext.attention import controlled
 from nulltext.ddim import Schedule, ddim_step, guided
 from nulltext.inversion import Inversion
+from nulltext.inversion_file import check_model
 from nulltext.model import Model
 from nulltext.prompt_to_prompt import EditConfig, PromptToPrompt
 
@@ -46,6 +47,7 @@ def sample(model: Model, latent_T: torch.Tensor, cond: torch.Tensor, nulls: torc
 @torch.no_grad()
 def reconstruct(model: Model, inversion: Inversion, callback: StepCallback | None = None) -> torch.Tensor:
     """The inversion's guided reconstruction, an image (1, 3, H, W) in [-1, 1]."""
+    check_model(inversion, model)
     cond = model.encode_text([inversion.prompt])
     z0 = sample(model, inversion.latent_T, cond, inversion.null_embeddings, inversion.schedule(),
                 inversion.config.guidance_scale, callback, inversion.corrections)
@@ -66,6 +68,7 @@ class EditResult:
 def edit(model: Model, inversion: Inversion, targets: list[str], config: EditConfig | None = None,
          callback: StepCallback | None = None) -> EditResult:
     """Prompt-to-Prompt edits of an inversion; row 0 equals `reconstruct()` exactly."""
+    check_model(inversion, model)
     config = config or EditConfig()
     if not targets:
         raise ValueError("no target prompt given — pass at least one edited caption")

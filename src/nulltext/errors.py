@@ -1,5 +1,7 @@
 """The errors a user can cause and fix; the CLI prints each as one line and exits non-zero."""
 
+import torch
+
 from nulltext.images import ImageError
 from nulltext.inversion import InversionError
 from nulltext.inversion_file import InversionFileError
@@ -10,3 +12,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ImageError, InversionError, InversionFileError, ModelLoadError, PromptError, PromptMismatchError,
     FileExistsError,
 )
+# Also shown as one line by the CLI (set NULLTEXT_DEBUG=1 for the traceback): bad values that reach
+# the library (sizes, step ranges, scales), files that cannot be written, a GPU out of memory.
+RUNTIME_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, torch.OutOfMemoryError)

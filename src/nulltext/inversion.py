@@ -88,6 +88,7 @@ class Inversion:
     inner_iterations: list[int] = field(default_factory=list)  # Adam iterations of step t at index t − 1
     wall_time: float = 0.0
     pivot: torch.Tensor | None = None  # (T+1, C, h, w) z*_0 … z*_T
+    model_dtype: str = ""  # the dtype the inversion ran in: ∅_t compensate for its exact numerics
     corrections: torch.Tensor | None = None  # (T, C, h, w) direct inversion: z*_{t−1} − z_{t−1}(z*_t), index t − 1
 
     @property
@@ -145,6 +146,8 @@ def null_text_optimise(model: Model, pivot: torch.Tensor, cond: torch.Tensor, un
     would be if the optimisation stopped after that many Adam iterations in all (for the ablation).
     """
     T, w = schedule.num_steps, config.guidance_scale
+    # fp16 gradients of a ~1e-5 loss underflow: scale the loss, and Adam's ε with it (Adam is otherwise scale-free)
+    loss_scale = 2.0**16 if model.dtype == torch.float16 else 1.0
     fixed, phi = (cond, uncond) if optimise == "null" else (uncond, cond)
     phi = phi.detach().float().clone()  # ∅_T ← ψ("")
     z_bar = pivot[T : T + 1].to(model.device)
@@ -162,7 +165,7 @@ def null_text_optimise(model: Model, pivot: torch.Tensor, cond: torch.Tensor, un
         with torch.no_grad():
             out_fixed = model.predict(z_bar, tau, fixed)  # C (or ψ("")) never changes: once per step
         phi = phi.detach().requires_grad_(True)
-        optimiser = torch.optim.Adam([phi], lr=config.learning_rate_at(k))
+        optimiser = torch.optim.Adam([phi], lr=config.learning_rate_at(k), eps=1e-8 * loss_scale)
         threshold = config.threshold_at(k)
         used = 0
         for used in range(config.inner_steps + 1):
@@ -177,7 +180,10 @@ def null_text_optimise(model: Model, pivot: torch.Tensor, cond: torch.Tensor, un
             if loss.item() < threshold or used == config.inner_steps:
                 break
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * loss_scale).backward()
+            if not torch.isfinite(phi.grad).all():
+                raise InversionError(f"null-text gradient overflowed at step {k + 1}/{T} (timestep {tau}) — "
+                                     "run with --dtype float32 or bfloat16")
             optimiser.step()
             total += 1
             snapshot()
@@ -240,6 +246,7 @@ def invert(model: Model, image: torch.Tensor, prompt: str, config: InversionConf
     return Inversion(
         latent_T=pivot[-1:].cpu().clone(), null_embeddings=nulls.cpu(), prompt=prompt, config=config,
         scheduler_config=dict(model.scheduler_config), image_size=(image.shape[-1], image.shape[-2]),
-        model_source=model.source, model_identity=model.identity, losses=losses, inner_iterations=iterations,
+        model_source=model.source, model_identity=model.identity, model_dtype=str(model.dtype).removeprefix("torch."),
+        losses=losses, inner_iterations=iterations,
         wall_time=time.perf_counter() - start, pivot=pivot.cpu() if config.keep_pivot else None, corrections=corrections, **provenance,
     )

@@ -43,6 +43,9 @@ def atomic_write(path: Path, write) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file, not mkstemp's 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -66,6 +69,7 @@ def save_inversion(inversion: Inversion, path: str | Path, force: bool = True) -
         "source_path": inversion.source_path,
         "model_source": inversion.model_source,
         "model_identity": inversion.model_identity,
+        "model_dtype": inversion.model_dtype,
         "losses": inversion.losses,
         "inner_iterations": inversion.inner_iterations,
         "wall_time": inversion.wall_time,
@@ -103,7 +107,7 @@ def load_inversion(path: str | Path, model: Model | None = None) -> Inversion:
             model_source=h["model_source"], model_identity=h["model_identity"], photo=tensors.get("photo"),
             crop_box=tuple(h["crop_box"]) if h.get("crop_box") else None, source_path=h.get("source_path"),
             losses=h.get("losses", []), inner_iterations=h.get("inner_iterations", []),
-            wall_time=h.get("wall_time", 0.0), pivot=tensors.get("pivot"), corrections=tensors.get("corrections"),
+            wall_time=h.get("wall_time", 0.0), model_dtype=h.get("model_dtype", ""), pivot=tensors.get("pivot"), corrections=tensors.get("corrections"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise InversionFileError(f"'{path}' has a damaged nulltext header ({type(e).__name__}: {e}) — "
@@ -131,6 +135,8 @@ def _check_shapes(inv: Inversion, path: Path) -> None:
 
 def check_model(inv: Inversion, model: Model, path: str | Path = "the inversion") -> None:
     """Refuse to replay an inversion on a model other than the one it was made with."""
+    if inv.model_identity == "":
+        return
     if inv.model_identity != model.identity:
         raise InversionFileError(
             f"'{path}' was made with model {inv.model_source!r} (weights {inv.model_identity}), not with "

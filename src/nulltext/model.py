@@ -146,6 +146,21 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def _device(device: str | torch.device | None) -> torch.device:
+    """The requested device, checked to exist, or the best available one."""
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelLoadError(f"unknown device {device!r} — use cuda, mps or cpu") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if not available.get(dev.type, False):
+        raise ModelLoadError(f"device {device!r} is not available here — use --device cpu (or leave it out)")
+    return dev
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """fp32 on CPU; on GPUs fp16 unless asked otherwise."""
     if isinstance(dtype, torch.dtype):
@@ -164,16 +179,16 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 def weights_identity(*modules: torch.nn.Module, extra: dict | None = None) -> str:
     """A short, dtype- and device-independent hash of the weights.
 
-    Hashes every tensor's name and shape and 64 values spread through it, rounded to bfloat16, so
-    that the same weights in fp32, fp16 or bf16 on any device give the same identity while any
-    fine-tune changes it.
+    Hashes every tensor's name and shape and 64 values spread through it, rounded to float16, so
+    that the same weights stored or loaded in fp32 or fp16, on any device, give the same identity
+    while any fine-tune changes it. (Weights stored in bf16 are a different, rounded model.)
     """
     h = hashlib.sha256()
     for m in modules:
         for name, t in sorted(m.state_dict().items()):
             flat = t.detach().flatten()
             idx = torch.linspace(0, flat.numel() - 1, min(64, flat.numel()), device=flat.device).long()
-            values = flat[idx].float().to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes()
+            values = flat[idx].float().to(torch.float16).view(torch.int16).cpu().numpy().tobytes()
             h.update(name.encode())
             h.update(str(tuple(t.shape)).encode())
             h.update(values)
@@ -193,7 +208,7 @@ def load_model(source: str | Path | None = None, device: str | torch.device | No
                dtype: str | torch.dtype | None = None) -> Model:
     """Load a Stable Diffusion 1.x/2.x model: "bundled", a hub id, a diffusers folder or one checkpoint file."""
     source = BUNDLED if source in (None, "", BUNDLED) else str(source)
-    dev = torch.device(device) if device is not None else default_device()
+    dev = _device(device)
     dt = resolve_dtype(dtype, dev)
     try:
         components = _load_components(source)

@@ -9,7 +9,7 @@ recorded; then the target prompts' pass runs with its conditional branch's proba
   happens for the steps in `cross_replace` (a fraction from the start, or a (start, end) range), with
   per-word overrides; outside it the target's own maps are used.
 - self-attention: target maps are replaced by the source's for the steps in `self_replace`, on
-  layers with at most `self_max_pixels` pixels (the authors' 16×16).
+  layers with at most 1/16 of the latent's pixels (the authors' 16×16 of SD's 64×64) or 16×16.
 - local blending (sec. 3.2, "Local editing"): a mask from the cumulative cross-attention of the blend
   words (source ∪ target), dilated and thresholded; outside it the target latent is reset to the
   source latent after each step from `blend_start` on.
@@ -45,7 +45,8 @@ class EditConfig:
     cross_replace: StepRange = 0.8  # fraction of steps (from the start) or (start, end) fractions
     word_cross_replace: dict[str, StepRange] = field(default_factory=dict)  # per target word
     self_replace: StepRange = 0.4
-    self_max_pixels: int = 256  # self-attention replaced on layers this small or smaller
+    self_max_fraction: float = 1 / 16  # self-attention replaced on layers with ≤ this share of the latent's pixels
+    self_min_pixels: int = 256  # … and always on layers of 16×16 or smaller
     reweight: dict[str, float] = field(default_factory=dict)  # target word → attention scale
     blend_words: list[str] = field(default_factory=list)  # words (source or target) marking the region
     blend_subtract: list[str] = field(default_factory=list)  # words whose region is kept from the source
@@ -60,6 +61,14 @@ def step_window(value: StepRange, num_steps: int) -> tuple[int, int]:
     if not 0.0 <= start <= end <= 1.0:
         raise ValueError(f"step range {value!r} must be a fraction 0…1 or (start, end) with 0 ≤ start ≤ end ≤ 1")
     return int(round(start * num_steps)), int(round(end * num_steps))
+
+
+def _has_word(prompt: str, word: str, tokenizer) -> bool:
+    try:
+        word_token_indices(prompt, word, tokenizer)
+        return True
+    except PromptMismatchError:
+        return False
 
 
 def resolve_mode(source: str, target: str, mode: Mode) -> Literal["replace", "refine"]:
@@ -82,9 +91,13 @@ class PromptToPrompt:
                 self.edits.append(("replace", replace_mapper(source, target, tokenizer)))
             else:
                 self.edits.append(("refine", *refine_alignment(source, target, tokenizer)))
-        self.equalizers = [reweight_vector(t, config.reweight, tokenizer) if config.reweight else None for t in targets]
+        self.equalizers = [self._equalizer(tokenizer, t, config.reweight) if config.reweight else None for t in targets]
+        for word in config.reweight:
+            if not any(_has_word(t, word, tokenizer) for t in targets):
+                raise PromptMismatchError(f"reweight word {word!r} is in no target prompt — pick a word of the target")
         self.cross_alpha = self._cross_schedule(tokenizer, targets, L)  # (T, n, L)
         self.self_window = step_window(config.self_replace, num_steps)
+        self.self_max_pixels = max(config.self_min_pixels, int(latent_hw[0] * latent_hw[1] * config.self_max_fraction))
         self.blend_alpha = self._word_alphas(tokenizer, source, targets, config.blend_words, L)
         self.subtract_alpha = self._word_alphas(tokenizer, source, targets, config.blend_subtract, L)
         # explicit state of the run
@@ -92,6 +105,10 @@ class PromptToPrompt:
         self.source_maps: dict[str, torch.Tensor] = {}
         self.blend_sum: torch.Tensor | None = None  # (1+n, h, w) cumulative blend-word attention
         self.subtract_sum: torch.Tensor | None = None
+
+    @staticmethod
+    def _equalizer(tokenizer, target: str, scales: dict[str, float]) -> torch.Tensor:
+        return reweight_vector(target, {w: v for w, v in scales.items() if _has_word(target, w, tokenizer)}, tokenizer)
 
     # -- schedules ------------------------------------------------------------------------------
 
@@ -102,7 +119,11 @@ class PromptToPrompt:
         alpha[first:end] = 1.0
         for word, window in self.config.word_cross_replace.items():
             w_first, w_end = step_window(window, T)
+            if not any(_has_word(t, word, tokenizer) for t in targets):
+                raise PromptMismatchError(f"cross-replacement word {word!r} is in no target prompt — pick a target word")
             for j, target in enumerate(targets):
+                if not _has_word(target, word, tokenizer):
+                    continue
                 idx = word_token_indices(target, word, tokenizer)
                 alpha[:, j, idx] = 0.0
                 alpha[w_first:w_end, j, idx] = 1.0
@@ -146,7 +167,7 @@ class PromptToPrompt:
     def wants(self, layer: str, is_cross: bool, pixels: int) -> bool:
         if is_cross:
             return self.cross_active() or self.blend_alpha is not None
-        return self.self_active() and pixels <= self.config.self_max_pixels
+        return self.self_active() and pixels <= self.self_max_pixels
 
     def __call__(self, layer: str, is_cross: bool, probs: torch.Tensor) -> torch.Tensor:
         half = probs.shape[0] // 2

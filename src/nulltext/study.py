@@ -27,6 +27,7 @@ from nulltext.ddim import make_schedule
 from nulltext.editing import edit, sample
 from nulltext.images import to_pil, to_tensor
 from nulltext.inversion import Inversion, InversionConfig, ddim_invert, direct_corrections, null_text_optimise
+from nulltext.inversion_file import atomic_write
 from nulltext.metrics import psnr
 from nulltext.model import Model
 from nulltext.prompt_to_prompt import EditConfig
@@ -163,8 +164,7 @@ def ablation_report(result: AblationResult, out_dir: Path, model_name: str) -> l
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    png = out_dir / "ablation.png"
-    fig.savefig(png)
+    png = atomic_write(out_dir / "ablation.png", lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     lines = ["| method | " + " | ".join(f"{b} it" for b in xs) + " | s / photo |", "|---|" + "---|" * (len(xs) + 1)]
     for method in optimised:
@@ -173,12 +173,14 @@ def ablation_report(result: AblationResult, out_dir: Path, model_name: str) -> l
     for method in FLAT:
         v = result.mean(method)[0]
         lines.append(f"| {method} | " + " | ".join(f"{v:.2f}" for _ in xs) + f" | {result.seconds[method]:.1f} |")
-    md = out_dir / "ablation.md"
-    md.write_text(f"PSNR (dB) of the guided reconstruction, mean over {result.images} test photos.\n\n"
-                  + "\n".join(lines) + "\n")
-    js = out_dir / "ablation.json"
-    js.write_text(json.dumps(asdict(result), indent=1) + "\n")
+    md = _write_text(out_dir / "ablation.md", f"PSNR (dB) of the guided reconstruction, mean over {result.images} "
+                     "test photos.\n\n" + "\n".join(lines) + "\n")
+    js = _write_text(out_dir / "ablation.json", json.dumps(asdict(result), indent=1) + "\n")
     return [png, md, js]
+
+
+def _write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,9 +232,7 @@ def guidance_report(rows: list[GuidanceRow], out_dir: Path, images: int) -> list
     lines = ["| inversion | w (inversion) | w (inference) | reconstruction PSNR dB | colour-swap success |",
              "|---|---|---|---|---|"]
     lines += [f"| {r.label} | {r.w_inversion:g} | {r.w_inference:g} | {r.psnr:.2f} | {r.edit_success:.0%} |" for r in rows]
-    md = out_dir / "guidance.md"
-    md.write_text(f"Mean over {images} test photos; edits judged by the bundled model's evaluator.\n\n"
-                  + "\n".join(lines) + "\n")
-    js = out_dir / "guidance.json"
-    js.write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
+    md = _write_text(out_dir / "guidance.md", f"Mean over {images} test photos; edits judged by the bundled model's "
+                     "evaluator.\n\n" + "\n".join(lines) + "\n")
+    js = _write_text(out_dir / "guidance.json", json.dumps([asdict(r) for r in rows], indent=1) + "\n")
     return [md, js]

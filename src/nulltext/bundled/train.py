@@ -53,7 +53,7 @@ class UNetConfig:
     text_layers: int = 2
     text_heads: int = 4
     max_tokens: int = 32
-    steps: int = 2600
+    steps: int = 5000
     batch_size: int = 64
     lr: float = 5e-4
     warmup: int = 200
