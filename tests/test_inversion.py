@@ -155,3 +155,20 @@ def test_bf16_model_optimises_fp32_embeddings(tiny_dir):
     plain = invert(model, image, caption, dataclasses.replace(config, inner_steps=0))
     assert inv.null_embeddings.dtype == torch.float32 and all(map(lambda v: v == v, inv.losses))
     assert sum(inv.losses) < sum(plain.losses)
+
+
+def test_stored_null_embeddings_replay_the_optimiser_losses(tiny):
+    """Replaying guided DDIM with the stored ∅_t gives back, step by step, the losses the optimiser saw."""
+    from nulltext.ddim import ddim_step, guided
+
+    image, caption, _ = _photo(tiny)
+    inv = invert(tiny, image, caption, InversionConfig(num_steps=6, inner_steps=5))
+    assert not torch.equal(inv.null_embeddings[0], inv.null_embeddings[-1])  # one tensor per step, not aliased
+    cond, schedule, z = tiny.encode_text([caption]), inv.schedule(), inv.latent_T
+    with torch.no_grad():
+        for t in range(6, 0, -1):
+            tau = schedule.timestep(t)
+            out = guided(tiny.predict(z, tau, inv.null_embeddings[t - 1 : t]), tiny.predict(z, tau, cond), 7.5)
+            z = ddim_step(out, z, t, schedule)
+            loss = ((z - inv.pivot[t - 1 : t]) ** 2).mean().item()
+            assert loss == pytest.approx(inv.losses[t - 1], rel=1e-4, abs=1e-9)

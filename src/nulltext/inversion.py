@@ -164,7 +164,7 @@ def null_text_optimise(model: Model, pivot: torch.Tensor, cond: torch.Tensor, un
         tau, target = schedule.timestep(t), pivot[t - 1 : t].to(model.device).float()
         with torch.no_grad():
             out_fixed = model.predict(z_bar, tau, fixed)  # C (or ψ("")) never changes: once per step
-        phi = phi.detach().requires_grad_(True)
+        phi = phi.detach().clone().requires_grad_(True)  # a fresh tensor: Adam updates it in place
         optimiser = torch.optim.Adam([phi], lr=config.learning_rate_at(k), eps=1e-8 * loss_scale)
         threshold = config.threshold_at(k)
         used = 0
@@ -187,7 +187,7 @@ def null_text_optimise(model: Model, pivot: torch.Tensor, cond: torch.Tensor, un
             optimiser.step()
             total += 1
             snapshot()
-        done[t - 1], losses[t - 1], iterations[t - 1] = phi.detach()[0], loss.item(), used
+        done[t - 1], losses[t - 1], iterations[t - 1] = phi.detach()[0].clone(), loss.item(), used
         z_bar = z_prev.detach()  # z̄_{t−1}
         if callback is not None:
             callback(StepReport(k + 1, T, tau, used, loss.item()))
