@@ -19,6 +19,7 @@ import contextlib
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 
 class AttentionController(Protocol):
@@ -95,6 +96,14 @@ def explicit_attention(attn, hidden_states, encoder_hidden_states, attention_mas
     if attn.residual_connection:
         out = out + residual
     return out / attn.rescale_output_factor
+
+
+def to_latent_grid(maps: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """Per-pixel maps (batch, pixels, k) of any layer, resized to the latent grid: (batch, k, h, w)."""
+    h, w = latent_hw
+    scale = round((h * w / maps.shape[1]) ** 0.5)  # the layer's downsampling factor
+    grid = maps.transpose(1, 2).reshape(maps.shape[0], maps.shape[2], h // scale, w // scale)  # (batch, k, map_h, map_w)
+    return F.interpolate(grid.float(), size=(h, w), mode="bilinear", align_corners=False)  # (batch, k, h, w)
 
 
 @contextlib.contextmanager

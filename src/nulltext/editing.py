@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from nulltext.attention import controlled
+from nulltext.attention import controlled, to_latent_grid
 from nulltext.ddim import Schedule, ddim_step, guided
 from nulltext.inversion import Inversion
 from nulltext.inversion_file import check_model
@@ -117,11 +116,8 @@ class _CrossAttentionRecorder:
         return is_cross
 
     def __call__(self, layer: str, is_cross: bool, probs: torch.Tensor) -> torch.Tensor:
-        h, w = self.latent_hw
-        cond = probs[probs.shape[0] // 2 :][0].float().mean(0)  # (pixels, tokens)
-        scale = round((h * w / cond.shape[0]) ** 0.5)
-        maps = cond.T.reshape(1, -1, h // scale, w // scale)  # (1, tokens, map_h, map_w)
-        maps = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False)[0]  # (tokens, h, w)
+        cond = probs[probs.shape[0] // 2 :][:1].float().mean(1)  # (1, pixels, tokens)
+        maps = to_latent_grid(cond, self.latent_hw)[0]  # (tokens, h, w)
         self.total = maps if self.total is None else self.total + maps
         return probs
 

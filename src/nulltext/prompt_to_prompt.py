@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from nulltext.attention import to_latent_grid
 from nulltext.token_alignment import (
     PromptMismatchError,
     refine_alignment,
@@ -207,19 +208,15 @@ class PromptToPrompt:
         if self.blend_alpha is None:
             return
         n = cond.shape[0]
-        h, w = self.latent_hw
-        pixels = cond.shape[2]
-        scale = round((h * w / pixels) ** 0.5)
         maps = cond.float().mean(1)  # (batch, pixels, tokens)
         for attr, alpha in (("blend_sum", self.blend_alpha), ("subtract_sum", self.subtract_alpha)):
             if alpha is None:
                 continue
-            sel = (maps * alpha[offset : offset + n, None, :].to(maps)).sum(-1)  # (batch, pixels)
-            sel = sel.view(n, 1, h // scale, w // scale)  # (batch, 1, map_h, map_w)
-            sel = F.interpolate(sel, size=(h, w), mode="bilinear", align_corners=False)[:, 0]  # (batch, h, w)
+            sel = (maps * alpha[offset : offset + n, None, :].to(maps)).sum(-1, keepdim=True)  # (batch, pixels, 1)
+            sel = to_latent_grid(sel, self.latent_hw)[:, 0]  # (batch, h, w)
             total = getattr(self, attr)
             if total is None:
-                total = torch.zeros(1 + len(self.edits), h, w, device=sel.device)
+                total = torch.zeros(1 + len(self.edits), *self.latent_hw, device=sel.device)
                 setattr(self, attr, total)
             total[offset : offset + n] += sel
 
