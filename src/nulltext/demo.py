@@ -37,9 +37,8 @@ def demo_edits() -> list[DemoEdit]:
     return [
         DemoEdit("colour swap", "a green circle on a blue background", EditConfig(blend_words=["circle"])),
         DemoEdit("shape swap", "a red square on a blue background", EditConfig(blend_words=["circle", "square"])),
-        DemoEdit("background swap + blend", "a red circle on a yellow background",
-                 EditConfig(blend_words=["background"], blend_subtract=["circle"])),
-        DemoEdit("reweight red=-1", "a red circle on a blue background", EditConfig(reweight={"red": -1.0})),
+        DemoEdit("background swap + blend", "a red circle on a purple background", EditConfig(blend_words=["background"])),
+        DemoEdit("reweight red=-3", "a red circle on a blue background", EditConfig(reweight={"red": -3.0})),
     ]
 
 

@@ -196,6 +196,55 @@ def null_text_optimise(model: Model, pivot: torch.Tensor, cond: torch.Tensor, un
     return Optimised(torch.stack(done), losses, iterations, snapshots)
 
 
+def global_null_optimise(model: Model, pivot: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                         schedule: Schedule, config: InversionConfig, iterations: int,
+                         checkpoints: tuple[int, ...] = ()) -> Optimised:
+    """The paper's "global null-text" ablation (Fig. 5): one ∅ shared by every step.
+
+    Passes over t = T … 1 along the guided trajectory (z̄_T = z*_T at the start of each pass), one Adam
+    update of the shared ∅ per timestep on ‖z*_{t−1} − z_{t−1}(z̄_t, ∅, C)‖², until `iterations` updates
+    in all; lr decays linearly to half over the run, as in Algorithm 1. The result's per-step
+    embeddings all equal the shared one; `snapshots` as in `null_text_optimise`.
+    """
+    T, w = schedule.num_steps, config.guidance_scale
+    loss_scale = 2.0**16 if model.dtype == torch.float16 else 1.0
+    phi = uncond.detach().float().clone().requires_grad_(True)  # ∅ ← ψ("")
+    optimiser = torch.optim.Adam([phi], lr=config.learning_rate, eps=1e-8 * loss_scale)
+    pending, snapshots, total = sorted(checkpoints), {}, 0
+    losses = [0.0] * T
+
+    def snapshot() -> None:
+        while pending and pending[0] <= total:
+            current = phi.detach()[0].clone().cpu()
+            snapshots[pending.pop(0)] = (current.expand(T, -1, -1).clone(), current)
+
+    snapshot()
+    while total < iterations:
+        z_bar = pivot[T : T + 1].to(model.device)
+        for t in range(T, 0, -1):
+            if total >= iterations:
+                break
+            tau, target = schedule.timestep(t), pivot[t - 1 : t].to(model.device).float()
+            with torch.no_grad():
+                out_cond = model.predict(z_bar, tau, cond)
+            z_prev = ddim_step(guided(model.predict(z_bar, tau, phi), out_cond, w), z_bar, t, schedule)
+            loss = F.mse_loss(z_prev, target)
+            if not torch.isfinite(loss):
+                raise InversionError(f"global null loss became {loss.item()} at timestep {tau} — run with float32")
+            for g in optimiser.param_groups:
+                g["lr"] = config.learning_rate * (1 - total / (2 * iterations))
+            optimiser.zero_grad(set_to_none=True)
+            (loss * loss_scale).backward()
+            optimiser.step()
+            losses[t - 1], total = loss.item(), total + 1
+            z_bar = z_prev.detach()  # z̄_{t−1} with the ∅ of this update
+            snapshot()
+    total = max(checkpoints, default=0)
+    snapshot()
+    final = phi.detach()[0].cpu()
+    return Optimised(final.expand(T, -1, -1).clone(), losses, [0] * T, snapshots)
+
+
 @torch.no_grad()
 def direct_corrections(model: Model, pivot: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
                        schedule: Schedule, guidance_scale: float) -> torch.Tensor:

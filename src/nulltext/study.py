@@ -3,7 +3,8 @@
 Ablation (Mokady et al. 2023, Fig. 5): reconstruction PSNR against cumulative optimisation iterations
 for several inversion choices, over N test photos with their captions. Every optimised method runs
 once per photo; `null_text_optimise(checkpoints=…)` records what its result would be had it stopped
-after B iterations, and each checkpoint is reconstructed. Pivots are computed once per photo.
+after B iterations, and each checkpoint is reconstructed. Pivots are computed once per photo. The
+global null is one ∅ optimised over all steps (`global_null_optimise`), on the same iteration budget.
 
 Guidance table (the paper's sec. 3.1 observations): DDIM inversion at w_inv ∈ {1, 7.5} sampled at
 w_inf ∈ {1, 7.5}: reconstruction PSNR and the success rate of a colour-swap edit judged by the bundled
@@ -26,7 +27,8 @@ from nulltext.bundled.evaluate import judge
 from nulltext.ddim import make_schedule
 from nulltext.editing import edit, sample
 from nulltext.images import to_pil, to_tensor
-from nulltext.inversion import Inversion, InversionConfig, ddim_invert, direct_corrections, null_text_optimise
+from nulltext.inversion import (Inversion, InversionConfig, ddim_invert, direct_corrections, global_null_optimise,
+                                null_text_optimise)
 from nulltext.inversion_file import atomic_write
 from nulltext.metrics import psnr
 from nulltext.model import Model
@@ -126,15 +128,17 @@ def run_ablation(model: Model, config: AblationConfig, progress: Callable[[str],
             if progress:
                 progress(f"photo {index + 1}/{config.images}: {method}")
             t0 = time.perf_counter()
-            result = null_text_optimise(model, piv, c, uncond, schedule, inv_cfg, optimise=what,
-                                        checkpoints=config.checkpoints)
+            if method == "global null":  # one ∅ for every step, optimised over all of them
+                result = global_null_optimise(model, piv, c, uncond, schedule, inv_cfg, max(config.checkpoints),
+                                              config.checkpoints)
+            else:
+                result = null_text_optimise(model, piv, c, uncond, schedule, inv_cfg, optimise=what,
+                                            checkpoints=config.checkpoints)
             seconds[method] += time.perf_counter() - t0 + t_pivot
             row = []
             for b in config.checkpoints:
                 per_step, current = result.snapshots[b]
-                if method == "global null":  # one embedding for every step
-                    row.append(score(piv[-1:], c, current[None].expand(T, -1, -1), photo))
-                elif what == "cond":  # per-step caption embeddings, ψ("") as the unconditional one
+                if what == "cond":  # per-step caption embeddings, ψ("") as the unconditional one
                     row.append(score(piv[-1:], per_step[:, None], nulls_plain, photo))
                 else:
                     row.append(score(piv[-1:], c, per_step, photo))

@@ -134,6 +134,22 @@ def training_caption(s: Scene, rng: np.random.Generator) -> str:
     return f"a {s.background} background"
 
 
+def word_regions(s: Scene, caption: str, resolution: int) -> dict[int, np.ndarray]:
+    """Which pixels each word of a caption names: word position → float (resolution, resolution) mask.
+
+    The shape's colour and noun name the shape's pixels, the background's colour and "background" the
+    rest; "a", "on" and "with" name no region. Used by the training's word-localisation loss.
+    """
+    inside = shape_mask(s, resolution).astype(np.float32)
+    regions = {}
+    for i, word in enumerate(caption.split()):
+        if word in (s.colour, s.shape):
+            regions[i] = inside
+        elif word in (s.background, "background"):
+            regions[i] = 1.0 - inside
+    return regions
+
+
 def vocabulary_words() -> list[str]:
     """Every word the training captions use."""
     return ["a", "on", "with", "background", *COLOURS, *SHAPES]

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from nulltext.attention import controlled
 from nulltext.bundled import data
 from nulltext.bundled.tokenizer import build_tokenizer, write_vocab_files
 
@@ -53,10 +54,14 @@ class UNetConfig:
     text_layers: int = 2
     text_heads: int = 4
     max_tokens: int = 32
-    steps: int = 5000
+    steps: int = 7000
     batch_size: int = 64
     lr: float = 5e-4
     warmup: int = 200
+    restart_at: int = 5000  # a warm restart: from this step a new warm-up and cosine to `steps` (0: none)
+    restart_lr: float = 2.5e-4
+    localisation_weight: float = 0.1  # word-localisation loss on cross-attention (0: plain SD training)
+    localisation_from: int = 5000  # the step it starts at (the shipped model was fine-tuned with it)
     ema_decay: float = 0.995
     latent_pool: int = 40000  # training images encoded once, latents cached
 
@@ -159,6 +164,7 @@ def _images(split: data.Split, indices, resolution: int) -> torch.Tensor:
 
 
 def _lr(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to zero at `total`."""
     if step < warmup:
         return base * (step + 1) / warmup
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
@@ -233,14 +239,74 @@ def train_vae(cfg: TrainConfig, quiet: bool = False):
 def _encode_pool(vae, cfg: TrainConfig, quiet: bool):
     """Encode the training pool once: posterior mean and std, and the scenes for captions."""
     n = cfg.unet.latent_pool
+    cache = Path(cfg.run_dir) / f"pool_{n}.pt"
+    scenes = [data.scene("train", i, cfg.resolution) for i in range(n)]
+    if cache.exists():
+        means, stds = torch.load(cache)
+        return means, stds, scenes
     means, stds = [], []
     with torch.no_grad():
         for i in tqdm(range(0, n, 256), desc="encode", disable=quiet):
             d = vae.encode(_images("train", range(i, min(n, i + 256)), cfg.resolution)).latent_dist
             means.append(d.mean)
             stds.append(d.std)
-    scenes = [data.scene("train", i, cfg.resolution) for i in range(n)]
-    return torch.cat(means), torch.cat(stds), scenes
+    means, stds = torch.cat(means), torch.cat(stds)
+    _save_checkpoint(cache, (means, stds))
+    return means, stds, scenes
+
+
+class _CrossAttentionProbe:
+    """Keeps every cross-attention layer's probabilities of one UNet forward pass, with their gradients."""
+
+    rewrites = True  # layers are computed explicitly from the (unchanged) probabilities, so gradients flow
+
+    def __init__(self):
+        self.maps: list[torch.Tensor] = []
+        self.active = False  # off: every layer keeps its fused processor
+
+    def wants(self, layer: str, is_cross: bool, pixels: int) -> bool:
+        return is_cross and self.active
+
+    def __call__(self, layer: str, is_cross: bool, probs: torch.Tensor) -> torch.Tensor:
+        self.maps.append(probs)  # (batch, heads, pixels, tokens)
+        return probs
+
+
+def word_regions_batch(scenes: list, captions: list[str], resolution: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target regions (batch, tokens, res, res) and a (batch, tokens) selector of the supervised tokens.
+
+    Caption words are one token each in the bundled tokenizer, so word i is token i + 1 (after BOS).
+    """
+    regions = torch.zeros(len(captions), tokens, resolution, resolution)
+    chosen = torch.zeros(len(captions), tokens)
+    for b, (s, caption) in enumerate(zip(scenes, captions)):
+        for i, mask in data.word_regions(s, caption, resolution).items():
+            regions[b, i + 1], chosen[b, i + 1] = torch.from_numpy(mask), 1.0
+    return regions, chosen
+
+
+def localisation_loss(maps: list[torch.Tensor], regions: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Word-localisation loss (as TokenCompose's token loss): (1 − share of a word's attention inside its region)².
+
+    maps: per cross-attention layer (batch, heads, pixels, tokens); regions (batch, tokens, R, R) in [0, 1];
+    chosen (batch, tokens). Averaged over the chosen words and the layers.
+    """
+    total = regions.new_zeros(())
+    for probs in maps:
+        side = round(probs.shape[2] ** 0.5)
+        target = F.adaptive_avg_pool2d(regions, side).flatten(2)  # (batch, tokens, pixels)
+        a = probs.float().mean(1).transpose(1, 2)  # (batch, tokens, pixels)
+        share = (a * target).sum(-1) / a.sum(-1).clamp_min(1e-8)  # (batch, tokens)
+        total = total + (((1 - share) ** 2) * chosen).sum() / chosen.sum().clamp_min(1.0)
+    return total / max(1, len(maps))
+
+
+def _unet_lr(step: int, u: UNetConfig) -> float:
+    """The UNet schedule, with an optional warm restart (SGDR-style) at `u.restart_at`."""
+    restart = 0 < u.restart_at < u.steps
+    if restart and step >= u.restart_at:
+        return _lr(step - u.restart_at, u.steps - u.restart_at, u.restart_lr, warmup=50)
+    return _lr(step, u.restart_at if restart else u.steps, u.lr, u.warmup)
 
 
 def train_unet(cfg: TrainConfig, vae, tokenizer, quiet: bool = False):
@@ -271,37 +337,46 @@ def train_unet(cfg: TrainConfig, vae, tokenizer, quiet: bool = False):
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + start)
     bar = tqdm(range(start, cfg.unet.steps), desc="unet", disable=quiet, initial=start, total=cfg.unet.steps)
     ema_pairs = list(zip(list(ema_unet.parameters()) + list(ema_text.parameters()), params))
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg.unet.steps, cfg.unet.lr, cfg.unet.warmup)
-        idx = torch.from_numpy(rng.integers(0, len(scenes), cfg.unet.batch_size))
-        z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
-        captions = [data.training_caption(scenes[i], rng) for i in idx.tolist()]
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=gen)
-        zt = scheduler.add_noise(z0, noise, t)
-        pred = unet(zt, t, encoder_hidden_states=text(ids)[0]).sample
-        loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        decay = min(cfg.unet.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in ema_pairs:
-                e.lerp_(p, 1 - decay)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % cfg.log_every == 0:
-            log(stage="unet", step=step, loss=loss.item(), lr=opt.param_groups[0]["lr"])
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet.steps:
-            _save_checkpoint(
-                ckpt_path,
-                {"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
-                 "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step + 1},
-            )
-    return ema_unet.eval(), ema_text.eval()
+    probe = _CrossAttentionProbe()
+    with controlled(unet, probe):  # cross-attention probabilities, for the localisation loss
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = _unet_lr(step, cfg.unet)
+            idx = torch.from_numpy(rng.integers(0, len(scenes), cfg.unet.batch_size))
+            z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
+            captions = [data.training_caption(scenes[i], rng) for i in idx.tolist()]
+            ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+            noise = torch.randn(z0.shape, generator=gen)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=gen)
+            zt = scheduler.add_noise(z0, noise, t)
+            probe.maps.clear()
+            probe.active = bool(cfg.unet.localisation_weight) and step >= cfg.unet.localisation_from
+            pred = unet(zt, t, encoder_hidden_states=text(ids)[0]).sample
+            mse = F.mse_loss(pred, noise)
+            loss, local = mse, torch.zeros(())
+            if probe.active:
+                regions, chosen = word_regions_batch([scenes[i] for i in idx.tolist()], captions, cfg.resolution, ids.shape[1])
+                local = localisation_loss(probe.maps, regions, chosen)
+                loss = loss + cfg.unet.localisation_weight * local
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            decay = min(cfg.unet.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for e, p in ema_pairs:
+                    e.lerp_(p, 1 - decay)
+            bar.set_postfix(loss=f"{mse.item():.4f}", local=f"{local.item():.3f}")
+            if step % cfg.log_every == 0:
+                log(stage="unet", step=step, loss=mse.item(), localisation=local.item(), lr=opt.param_groups[0]["lr"])
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet.steps:
+                _save_checkpoint(
+                    ckpt_path,
+                    {"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
+                     "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step + 1},
+                )
 
+    return ema_unet.eval(), ema_text.eval()
 
 def save_pipeline(out_dir: str, vae, unet, text, tokenizer, cfg: TrainConfig) -> None:
     """Write a diffusers StableDiffusionPipeline folder (no safety checker), fp32 safetensors."""
@@ -323,10 +398,14 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(MODEL_DIR))
     p.add_argument("--vae-steps", type=int, default=VAEConfig.steps)
     p.add_argument("--unet-steps", type=int, default=UNetConfig.steps)
+    p.add_argument("--restart-at", type=int, default=UNetConfig.restart_at,
+                   help="warm restart of the UNet schedule at this step (0: none)")
+    p.add_argument("--restart-lr", type=float, default=UNetConfig.restart_lr)
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     cfg = TrainConfig(run_dir=a.run_dir, out_dir=a.out)
     cfg.vae.steps, cfg.unet.steps = a.vae_steps, a.unet_steps
+    cfg.unet.restart_at, cfg.unet.restart_lr = a.restart_at, a.restart_lr
     tokenizer = build_tokenizer(data.vocabulary_words(), cfg.unet.max_tokens)
     t0 = time.time()
     vae = train_vae(cfg, a.quiet)
