@@ -134,6 +134,11 @@ class Optimised:
     snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
+def _loss_scale(model: Model) -> float:
+    """fp16 gradients of a ~1e-5 loss underflow: scale the loss, and Adam's ε with it (Adam is otherwise scale-free)."""
+    return 2.0**16 if model.dtype == torch.float16 else 1.0
+
+
 def null_text_optimise(model: Model, pivot: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
                        schedule: Schedule, config: InversionConfig, callback: Callback | None = None,
                        optimise: Literal["null", "cond"] = "null", checkpoints: tuple[int, ...] = ()) -> Optimised:
@@ -146,8 +151,7 @@ def null_text_optimise(model: Model, pivot: torch.Tensor, cond: torch.Tensor, un
     would be if the optimisation stopped after that many Adam iterations in all (for the ablation).
     """
     T, w = schedule.num_steps, config.guidance_scale
-    # fp16 gradients of a ~1e-5 loss underflow: scale the loss, and Adam's ε with it (Adam is otherwise scale-free)
-    loss_scale = 2.0**16 if model.dtype == torch.float16 else 1.0
+    loss_scale = _loss_scale(model)
     fixed, phi = (cond, uncond) if optimise == "null" else (uncond, cond)
     phi = phi.detach().float().clone()  # ∅_T ← ψ("")
     z_bar = pivot[T : T + 1].to(model.device)
@@ -207,7 +211,7 @@ def global_null_optimise(model: Model, pivot: torch.Tensor, cond: torch.Tensor, 
     embeddings all equal the shared one; `snapshots` as in `null_text_optimise`.
     """
     T, w = schedule.num_steps, config.guidance_scale
-    loss_scale = 2.0**16 if model.dtype == torch.float16 else 1.0
+    loss_scale = _loss_scale(model)
     phi = uncond.detach().float().clone().requires_grad_(True)  # ∅ ← ψ("")
     optimiser = torch.optim.Adam([phi], lr=config.learning_rate, eps=1e-8 * loss_scale)
     pending, snapshots, total = sorted(checkpoints), {}, 0

@@ -28,7 +28,7 @@ from nulltext.ddim import make_schedule
 from nulltext.editing import edit, sample
 from nulltext.images import to_pil, to_tensor
 from nulltext.inversion import (Inversion, InversionConfig, ddim_invert, direct_corrections, global_null_optimise,
-                                null_text_optimise)
+                                invert, null_text_optimise)
 from nulltext.inversion_file import atomic_write
 from nulltext.metrics import psnr
 from nulltext.model import Model
@@ -216,8 +216,6 @@ def run_guidance_table(model: Model, images: int, progress: Callable[[str], None
         for index, photo, caption in _photos(model, images):
             if progress:
                 progress(f"{label} w_inv={w_inv} w_inf={w_inf}: photo {index + 1}/{images}")
-            from nulltext.inversion import invert
-
             cfg = InversionConfig(method=method, guidance_scale=w_inf, pivot_guidance_scale=w_inv)
             inv: Inversion = invert(model, to_tensor(photo), caption, cfg)
             scene = data.scene("test", index, model.default_size[0])

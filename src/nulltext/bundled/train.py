@@ -291,10 +291,12 @@ def localisation_loss(maps: list[torch.Tensor], regions: torch.Tensor, chosen: t
     maps: per cross-attention layer (batch, heads, pixels, tokens); regions (batch, tokens, R, R) in [0, 1];
     chosen (batch, tokens). Averaged over the chosen words and the layers.
     """
-    total = regions.new_zeros(())
+    total, targets = regions.new_zeros(()), {}
     for probs in maps:
         side = round(probs.shape[2] ** 0.5)
-        target = F.adaptive_avg_pool2d(regions, side).flatten(2)  # (batch, tokens, pixels)
+        if side not in targets:  # layers of one resolution share the pooled regions
+            targets[side] = F.adaptive_avg_pool2d(regions, side).flatten(2)  # (batch, tokens, pixels)
+        target = targets[side]
         a = probs.float().mean(1).transpose(1, 2)  # (batch, tokens, pixels)
         share = (a * target).sum(-1) / a.sum(-1).clamp_min(1e-8)  # (batch, tokens)
         total = total + (((1 - share) ** 2) * chosen).sum() / chosen.sum().clamp_min(1.0)
@@ -375,8 +377,8 @@ def train_unet(cfg: TrainConfig, vae, tokenizer, quiet: bool = False):
                     {"unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
                      "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step + 1},
                 )
-
     return ema_unet.eval(), ema_text.eval()
+
 
 def save_pipeline(out_dir: str, vae, unet, text, tokenizer, cfg: TrainConfig) -> None:
     """Write a diffusers StableDiffusionPipeline folder (no safety checker), fp32 safetensors."""
