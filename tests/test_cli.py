@@ -8,10 +8,10 @@ from nulltext.cli import main
 from nulltext.images import read_png_metadata
 
 
-@pytest.fixture
-def photo(tmp_path):
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
     image, caption = data.sample("test", 3, 48)  # not the model's size: it is resized
-    path = tmp_path / "photo.png"
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
     image.save(path)
     return path, caption
 
@@ -22,12 +22,12 @@ def run(capsys, *argv):
     return code, out, err
 
 
-@pytest.fixture
-def nti(tmp_path, photo, tiny_dir, capsys):
-    path = tmp_path / "x.nti"
-    code, out, err = run(capsys, "invert", photo[0], "--prompt", photo[1], "-o", path, "--model", tiny_dir,
-                         "--steps", 5, "--inner-steps", 2, "--quiet")
-    assert code == 0, err
+@pytest.fixture(scope="module")
+def nti(tmp_path_factory, photo, tiny_dir):
+    """One inversion for every test that reads it (none changes it)."""
+    path = tmp_path_factory.mktemp("nti") / "x.nti"
+    assert main([str(a) for a in ("invert", photo[0], "--prompt", photo[1], "-o", path, "--model", tiny_dir,
+                                  "--steps", 5, "--inner-steps", 2, "--quiet")]) == 0
     return path
 
 
@@ -140,3 +140,46 @@ def test_inversion_file_is_readable_as_an_ordinary_file(nti):
     umask = os.umask(0)
     os.umask(umask)
     assert nti.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_edit_with_a_drawn_mask(tmp_path, nti, tiny_dir, photo, capsys):
+    """--mask: a PNG at the photo's size drives the local blend; another size is a one-line error."""
+    mask = tmp_path / "mask.png"
+    pixels = Image.new("L", (32, 32), 0)
+    pixels.paste(255, (0, 0, 16, 32))  # the left half may change
+    pixels.save(mask)
+    target = photo[1].replace(photo[1].split()[1], "green" if photo[1].split()[1] != "green" else "red")
+    code, out, err = run(capsys, "edit", nti, target, "--mask", mask, "--model", tiny_dir, "-o", tmp_path / "e", "-q")
+    assert code == 0, err
+    meta = read_png_metadata(tmp_path / "e" / "edit_01.png")
+    assert meta["blend_mask"] == str(mask) and meta["blend_mask_combine"] == "union"
+    Image.new("L", (40, 32), 255).save(mask)
+    code, out, err = run(capsys, "edit", nti, target, "--mask", mask, "--model", tiny_dir, "-o", tmp_path / "f", "-q")
+    assert code == 2 and "draw the mask at 32x32" in err and err.count("\n") == 1 and not (tmp_path / "f").exists()
+
+
+def test_option_defaults_come_from_the_settings_dataclasses():
+    from nulltext.cli import build_parser
+    from nulltext.inversion import InversionConfig
+    from nulltext.prompt_to_prompt import EditConfig
+
+    parser = build_parser()
+    inv = parser.parse_args(["invert", "p.png", "--prompt", "x"])
+    ed = parser.parse_args(["edit", "x.nti", "y"])
+    i, e = InversionConfig(), EditConfig()
+    assert (inv.method, inv.steps, inv.guidance, inv.inner_steps, inv.lr) == (
+        i.method, i.num_steps, i.guidance_scale, i.inner_steps, i.learning_rate)
+    assert (ed.mode, ed.cross, ed.self_replace, ed.threshold, ed.blend_start) == (
+        e.mode, e.cross_replace, e.self_replace, e.blend_threshold, e.blend_start)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["invert", "{photo}", "--prompt", "a red circle", "--guidance", "nan"], "guidance nan must be a finite number"),
+    (["invert", "{photo}", "--prompt", "a red circle", "--lr", "-1"], "lr -1.0 must be positive"),
+    (["edit", "{nti}", "a red circle", "--threshold", "1.5"], "blend threshold 1.5 must be a fraction"),
+])
+def test_settings_are_refused_by_the_dataclasses(tmp_path, nti, photo, tiny_dir, capsys, argv, message):
+    """The CLI and the library refuse alike: the message is the dataclass's own."""
+    argv = [a.format(photo=photo[0], nti=nti) for a in argv]
+    code, out, err = run(capsys, *argv, "--model", tiny_dir, "-o", tmp_path / "out", "-q")
+    assert code == 2 and message in err and err.count("\n") == 1, err
