@@ -200,9 +200,11 @@ def publish(path: str | os.PathLike[str], write: Writer, force: bool = False, ke
     temp = temp_path(target)
     try:
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # ordinary mode, after the umask
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            mode = os.fstat(fd).st_mode & 0o777  # an ordinary new file's mode under the umask
             os.close(fd)
             write(temp)
+            os.chmod(temp, mode)  # some writers (safetensors) replace the file with a 0600 one
             if force:
                 os.replace(temp, target)
                 return target
