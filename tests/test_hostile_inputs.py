@@ -32,7 +32,6 @@ from nulltext.inversion import InversionConfig, invert
 from nulltext.inversion_file import InversionFileError, check_model, load_inversion, save_inversion
 from nulltext.model import ModelLoadError, PromptError, SizeError, load_model
 from nulltext.outputs import TEMP_SUFFIX, OutputError, OutputExistsError, publish, remove_stale_temps
-from nulltext.settings import SettingsError, check_edit_config, check_inversion_config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +126,7 @@ INCONSISTENT = {
     "prompt with a lone surrogate": (_set("prompt", "a red \udcff circle"), None, "prompt"),
     "guidance is a string": (_set_config("guidance_scale", "7.5"), None, "guidance"),
     "guidance is NaN": (_set_config("guidance_scale", math.nan), None, "guidance"),
-    "steps is a float": (_set_config("num_steps", 3.0), None, "num steps"),
+    "steps is a float": (_set_config("num_steps", 3.0), None, "steps 3.0"),
     "unknown method": (_set_config("method", "magic"), None, "method"),
     "unknown beta schedule": (_set_scheduler("beta_schedule", "cubic"), None, "scheduler"),
     "unknown prediction type": (_set_scheduler("prediction_type", "noise"), None, "prediction_type"),
@@ -153,7 +152,7 @@ def test_inconsistent_inversion_file_is_one_line_before_sampling(case, good_nti,
     header, tensors, needle = INCONSISTENT[case]
     bad = rewrite(good_nti, tmp_path / "bad.nti", header, tensors)
     before = files(tmp_path)
-    monkeypatch.setattr("nulltext.editing.sample", lambda *a, **k: pytest.fail("sampled from a bad file"))
+    monkeypatch.setattr("nulltext.editing.guided_ddim", lambda *a, **k: pytest.fail("sampled from a bad file"))
     code, out, err = run(capsys, "reconstruct", bad, "--model", tiny_dir, "-o", tmp_path / "rec.png", "-q")
     assert_one_line_error(code, err, "bad.nti", needle)
     assert files(tmp_path) == before  # no PNG, no temp file, the .nti unchanged
@@ -239,11 +238,11 @@ def test_byte_level_corruption_never_reaches_torch(good_nti, tiny, tmp_path_fact
 
 @pytest.mark.parametrize("argv, needle", [
     (["--steps", "1000"], "use e.g. --steps 999"),
-    (["--guidance", "nan"], "guidance scale (--guidance) must be a finite number"),
-    (["--guidance", "inf"], "guidance scale (--guidance) must be a finite number"),
-    (["--guidance", "1e999"], "--guidance"),
-    (["--lr", "nan"], "learning rate (--lr)"),
-    (["--lr", "0"], "learning rate (--lr) must be > 0"),
+    (["--guidance", "nan"], "guidance nan must be a finite number"),
+    (["--guidance", "inf"], "guidance inf must be a finite number"),
+    (["--guidance", "1e999"], "guidance inf"),
+    (["--lr", "nan"], "lr nan must be a finite number"),
+    (["--lr", "0"], "lr 0.0 must be positive"),
     (["--size", "8192x8192"], "GiB"),
     (["--size", "0x32"], "positive"),
 ])
@@ -257,8 +256,8 @@ def test_settings_at_their_edges_are_refused_before_the_work(argv, needle, photo
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--threshold", "nan"], "--threshold"), (["--blend-start", "2"], "--blend-start"),
-    (["--reweight", "circle=inf"], "--reweight"), (["--cross", "0.2,nan"], "--cross"),
+    (["--threshold", "nan"], "blend threshold nan"), (["--blend-start", "2"], "blend start 2.0"),
+    (["--reweight", "circle=inf"], "reweight scale inf"), (["--cross", "0.2,nan"], "step range"),
 ])
 def test_edit_settings_at_their_edges(argv, needle, good_nti, tiny_dir, tmp_path, capsys):
     code, out, err = run(capsys, "edit", good_nti, "a circle", "--model", tiny_dir, "-o", tmp_path / "e", "-q", *argv)
@@ -277,17 +276,18 @@ def test_step_limit_is_the_schedulers_own(tiny):
     assert schedule.num_steps == 1000 and schedule.timesteps.tolist() == list(range(1000))
 
 
-def test_settings_checks_are_typed_library_errors():
-    for bad in (dict(guidance_scale=math.nan), dict(learning_rate=-1.0), dict(num_steps=0), dict(inner_steps=1.5),
-                dict(method="nope"), dict(pivot_guidance_scale=math.inf)):
-        with pytest.raises(SettingsError):
-            check_inversion_config(InversionConfig(**bad))
-    check_inversion_config(InversionConfig())
+def test_settings_checks_hold_in_the_library_and_in_the_file_loader(good_nti, tmp_path):
     from nulltext.prompt_to_prompt import EditConfig
 
-    with pytest.raises(SettingsError, match="step range"):
-        check_edit_config(EditConfig(cross_replace=(0.8, 0.2)))
-    check_edit_config(EditConfig(reweight={"red": -3.0}))
+    for bad in (dict(guidance_scale=math.nan), dict(learning_rate=-1.0), dict(num_steps=0), dict(inner_steps=1.5),
+                dict(method="nope"), dict(pivot_guidance_scale=math.inf)):
+        with pytest.raises(ValueError):
+            InversionConfig(**bad)
+        name, value = next(iter(bad.items()))
+        with pytest.raises(InversionFileError, match="has invalid settings"):
+            load_inversion(rewrite(good_nti, tmp_path / "bad.nti", _set_config(name, value)))
+    with pytest.raises(ValueError, match="step range"):
+        EditConfig(cross_replace=(0.8, 0.2))
 
 
 def test_memory_estimate_refuses_what_cannot_fit(tiny, monkeypatch):

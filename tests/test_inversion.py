@@ -8,7 +8,8 @@ from diffusers import DDIMInverseScheduler
 
 from nulltext.bundled import data
 from nulltext.ddim import make_schedule
-from nulltext.editing import reconstruct, sample
+from nulltext.editing import reconstruct
+from nulltext.sampling import guided_ddim as sample
 from nulltext.images import to_pil, to_tensor
 from nulltext.inversion import InversionConfig, InversionError, ddim_invert, invert
 from nulltext.metrics import psnr

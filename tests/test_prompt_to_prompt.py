@@ -59,7 +59,7 @@ def test_identity_edit_reproduces_the_reconstruction(bundled, cases):
     _, inv, _, _ = cases[0]
     result = edit(bundled, inv, [inv.prompt])
     rec = reconstruct(bundled, inv)
-    assert torch.equal(result.images[0], rec[0])
+    assert (result.images[0] - rec[0]).abs().max() < 1e-5  # one UNet batch: equal to float rounding
     assert (result.images[1] - rec[0]).abs().max() < 2 / 255
 
 

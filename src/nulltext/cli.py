@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+import typing
 from pathlib import Path
 
 from nulltext import __version__
@@ -79,6 +80,19 @@ def _words(text: str) -> list[str]:
     return [w.strip() for w in text.split(",") if w.strip()]
 
 
+def _default(config_class, name: str):
+    """A setting's default, read from its dataclass: the one source of defaults."""
+    return next(f.default for f in dataclasses.fields(config_class) if f.name == name)
+
+
+def _settings(config_class, **values):
+    """Build a settings dataclass; its own checks (`__post_init__`) become one-line errors."""
+    try:
+        return config_class(**values)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
 # ---------------------------------------------------------------------------------------------
 # Shared pieces
 
@@ -129,14 +143,16 @@ def _open(args):
     return model, inversion
 
 
-def _edit_config(args):
+def _edit_config(args, inversion):
+    from nulltext.images import load_mask
     from nulltext.prompt_to_prompt import EditConfig
 
-    return EditConfig(
-        mode=args.mode, cross_replace=args.cross, self_replace=args.self_replace,
+    mask = None if args.mask is None else load_mask(args.mask, inversion.image_size)
+    return _settings(
+        EditConfig, mode=args.mode, cross_replace=args.cross, self_replace=args.self_replace,
         word_cross_replace=dict(args.word_cross or []), reweight=dict(args.reweight or []),
-        blend_words=args.blend or [], blend_subtract=args.subtract or [], blend_threshold=args.threshold,
-        blend_start=args.blend_start,
+        blend_words=args.blend or [], blend_subtract=args.subtract or [], blend_mask=mask,
+        blend_mask_combine=args.mask_combine, blend_threshold=args.threshold, blend_start=args.blend_start,
     )
 
 
@@ -154,16 +170,13 @@ def _metadata(model, inversion, **fields) -> dict[str, str]:
 def cmd_invert(args) -> None:
     from nulltext.images import load_image, to_tensor
     from nulltext.inversion import InversionConfig, invert
-    from nulltext.inversion_file import save_inversion
-
     from nulltext.ddim import make_schedule
-    from nulltext.settings import check_inversion_config
+    from nulltext.inversion_file import save_inversion
 
     out = Path(args.output or Path(args.photo).with_suffix(".nti").name)
     _refuse_existing([out], args)
-    config = InversionConfig(method=args.method, num_steps=args.steps, guidance_scale=args.guidance,
-                             inner_steps=args.inner_steps, learning_rate=args.lr, keep_pivot=not args.no_pivot)
-    check_inversion_config(config)
+    config = _settings(InversionConfig, method=args.method, num_steps=args.steps, guidance_scale=args.guidance,
+                       inner_steps=args.inner_steps, learning_rate=args.lr, keep_pivot=not args.no_pivot)
     model = _load_model(args)
     make_schedule(model.scheduler_config, config.num_steps)  # the scheduler's own step limit
     size = args.size or model.default_size
@@ -227,15 +240,14 @@ def cmd_edit(args) -> None:
     out = Path(args.output)
     names = [out / f"edit_{j + 1:02d}.png" for j in range(max(1, len(args.targets)))] + [out / "grid.png"]
     _refuse_existing(names, args)
-    from nulltext.settings import check_edit_config
-
-    config = _edit_config(args)
-    check_edit_config(config)
     model, inversion = _open(args)
     targets = args.targets or [inversion.prompt]
+    config = _edit_config(args, inversion)
     result = edit(model, inversion, targets, config, _step_bar(args, "edit"))
     images = to_pil(result.images)
-    settings = dataclasses.asdict(config)
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "blend_mask"}
+    if args.mask is not None:
+        settings["blend_mask"] = str(args.mask)
     for j, target in enumerate(targets):
         save_png(images[j + 1], names[j], _metadata(model, inversion, kind="edit", target_prompt=target, **settings),
                  force=args.force, keep_both=True)
@@ -284,6 +296,7 @@ def cmd_info(args) -> None:
 
 def cmd_study(args) -> None:
     from nulltext import study
+    from nulltext.bundled.study_photos import JUDGED_BY, colour_swap_judge, study_photos
 
     out = Path(args.output)
     bar = _progress(args, None, f"study {args.study}")
@@ -295,13 +308,16 @@ def cmd_study(args) -> None:
     names = ["ablation.png", "ablation.md", "ablation.json"] if args.study == "ablation" else ["guidance.md", "guidance.json"]
     _refuse_existing([out / n for n in names], args)
     model = _load_model(args)
+    photos = study_photos(args.images, model.default_size[0])
     if args.study == "ablation":
-        config = study.AblationConfig(images=args.images)
+        config = study.AblationConfig()
         if args.checkpoints:
             config.checkpoints = tuple(int(v) for v in args.checkpoints.split(","))
-        paths = study.ablation_report(study.run_ablation(model, config, progress), out, model.source)
+        result = study.run_ablation(model, photos, config, progress)
+        paths = study.ablation_report(result, out, model.source, config.inversion.num_steps)
     else:
-        paths = study.guidance_report(study.run_guidance_table(model, args.images, progress), out, args.images)
+        rows = study.run_guidance_table(model, photos, colour_swap_judge, progress)
+        paths = study.guidance_report(rows, out, args.images, JUDGED_BY)
     bar.close()
     for p in paths:
         print(f"wrote {p}")
@@ -320,6 +336,10 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nulltext.inversion import InversionConfig, Method
+    from nulltext.prompt_to_prompt import EditConfig, MaskCombine, Mode
+
+    inv, ed = (lambda name: _default(InversionConfig, name)), (lambda name: _default(EditConfig, name))
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default=None, help="bundled (default), a hub id, a diffusers folder or a .safetensors file")
     common.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
@@ -342,11 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("photo")
     s.add_argument("--prompt", "-p", required=True, help="a caption of the photo")
     s.add_argument("-o", "--output", help="the .nti file (default: PHOTO's name with .nti, here)")
-    s.add_argument("--method", default="null-text", choices=["null-text", "ddim", "negative-prompt", "direct"])
-    s.add_argument("--steps", type=_count(1, 1000), default=50, help="DDIM steps")
-    s.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale w")
-    s.add_argument("--inner-steps", type=_count(0, 1000), default=10, help="Adam iterations per step at most")
-    s.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate at the first step")
+    s.add_argument("--method", default=inv("method"), choices=list(typing.get_args(Method)),
+                   help=f"inversion method (default: {inv('method')})")
+    s.add_argument("--steps", type=_count(1, 1000), default=inv("num_steps"), help=f"DDIM steps (default: {inv('num_steps')})")
+    s.add_argument("--guidance", type=float, default=inv("guidance_scale"),
+                   help=f"classifier-free guidance scale w (default: {inv('guidance_scale')})")
+    s.add_argument("--inner-steps", type=_count(0, 1000), default=inv("inner_steps"),
+                   help=f"Adam iterations per step at most (default: {inv('inner_steps')})")
+    s.add_argument("--lr", type=float, default=inv("learning_rate"),
+                   help=f"Adam learning rate at the first step (default: {inv('learning_rate')})")
     s.add_argument("--size", type=_size, help="WIDTHxHEIGHT (default: the model's native size)")
     s.add_argument("--crop", type=_box, help="LEFT,TOP,RIGHT,BOTTOM crop box (default: centre crop)")
     s.add_argument("--no-pivot", action="store_true", help="do not store the pivot trajectory")
@@ -361,16 +385,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("inversion")
     s.add_argument("targets", nargs="*", help="edited captions (default: the source caption, e.g. for --reweight)")
     s.add_argument("-o", "--output", default="edits", help="output folder")
-    s.add_argument("--mode", default="auto", choices=["auto", "replace", "refine"])
-    s.add_argument("--cross", type=_range, default=0.8, help="cross-attention replacement: fraction or START,END")
+    s.add_argument("--mode", default=ed("mode"), choices=list(typing.get_args(Mode)),
+                   help=f"auto: word swap when the word counts match, else refinement (default: {ed('mode')})")
+    s.add_argument("--cross", type=_range, default=ed("cross_replace"),
+                   help=f"cross-attention replacement: fraction or START,END (default: {ed('cross_replace')})")
     s.add_argument("--word-cross", type=lambda t: (t.partition("=")[0], _range(t.partition("=")[2])),
                    action="append", help="per-word cross replacement, WORD=0.4 or WORD=0.1,0.6")
-    s.add_argument("--self", dest="self_replace", type=_range, default=0.4, help="self-attention replacement")
+    s.add_argument("--self", dest="self_replace", type=_range, default=ed("self_replace"),
+                   help=f"self-attention replacement (default: {ed('self_replace')})")
     s.add_argument("--reweight", type=_scale, action="append", help="WORD=SCALE, repeatable (negative and 0 allowed)")
     s.add_argument("--blend", type=_words, help="comma-separated words marking the region to edit")
     s.add_argument("--subtract", type=_words, help="comma-separated words whose region stays as in the source")
-    s.add_argument("--threshold", type=float, default=0.3, help="local blend mask threshold")
-    s.add_argument("--blend-start", type=float, default=0.2, help="fraction of steps before blending starts")
+    s.add_argument("--mask", type=Path, help="a PNG at the photo's size: white = where the edit may change the photo")
+    s.add_argument("--mask-combine", default=ed("blend_mask_combine"), choices=list(typing.get_args(MaskCombine)),
+                   help="with --blend: edit where either marks (union) or both (intersection) "
+                        f"(default: {ed('blend_mask_combine')})")
+    s.add_argument("--threshold", type=float, default=ed("blend_threshold"),
+                   help=f"local blend mask threshold (default: {ed('blend_threshold')})")
+    s.add_argument("--blend-start", type=float, default=ed("blend_start"),
+                   help=f"fraction of steps before blending starts (default: {ed('blend_start')})")
     s.set_defaults(func=cmd_edit)
 
     s = sub.add_parser("attention", parents=[common], help="cross-attention maps per token as a grid PNG")

@@ -9,13 +9,15 @@ Notation (the papers' ↔ the code's):
 Sampling goes from level i to i−1 with the model evaluated at (z_i, τ_i); inversion goes from level
 i−1 to i with the model evaluated at (z_{i−1}, τ_i) — the usual DDIM-inversion approximation. The
 levels match diffusers' DDIMScheduler and DDIMInverseScheduler for "leading" and "trailing" spacing.
-This module is pure tensor math: no models, no prompts.
+This module is pure tensor math: no models, no prompts. `sample` is the one DDIM loop that
+reconstruction, editing and direct inversion share: a plain function of a prediction function,
+latents, the schedule and a callback (k-diffusion's `sampling.py` style).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
@@ -196,3 +198,26 @@ def ddim_inverse_step(output: torch.Tensor, sample: torch.Tensor, i: int, schedu
 def guided(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance on the model output: u + w (c − u)."""
     return uncond + scale * (cond - uncond)
+
+
+Predict = Callable[[torch.Tensor, int], torch.Tensor]  # (z_i, i) → model output at (z_i, τ_i)
+AfterStep = Callable[[int, torch.Tensor], "torch.Tensor | None"]  # (i, z_{i−1}) → corrected z_{i−1} or None
+
+
+def sample(predict: Predict, z_T: torch.Tensor, schedule: Schedule, after_step: AfterStep | None = None) -> torch.Tensor:
+    """Deterministic DDIM sampling z_T → z_0 (Song et al. 2021, eq. 12 with η = 0).
+
+    `after_step(i, z_{i−1})` sees each new latent and may return a replacement (direct inversion's
+    correction, Prompt-to-Prompt's local blend) or None to keep it; it is also the progress hook.
+    """
+    z = z_T
+    for i in range(schedule.num_steps, 0, -1):
+        # 1. the model's output at (z_i, τ_i), e.g. classifier-free guided
+        out = predict(z, i)
+        # 2. one DDIM step to level i − 1
+        z = ddim_step(out, z, i, schedule)
+        # 3. the caller's correction of z_{i−1}, if any
+        if after_step is not None:
+            corrected = after_step(i, z)
+            z = z if corrected is None else corrected
+    return z

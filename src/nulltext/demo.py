@@ -65,13 +65,14 @@ def run_demo(model: Model, out_dir: Path, force: bool = False, quiet: bool = Fal
     check_outputs([grid_path, nti_path], force=force)  # before the work: exists, a folder, not writable
     prompt = read_png_metadata(DEMO_PHOTO)["caption"]
     photo = load_image(DEMO_PHOTO, model.default_size)
-    bar = tqdm(total=50, desc="null-text", disable=quiet, leave=False)
+    config = InversionConfig()
+    bar = tqdm(total=config.num_steps, desc="null-text", disable=quiet, leave=False)
 
     def progress(report) -> None:
         bar.update(1)
         bar.set_postfix(iters=report.inner_iterations, loss=f"{report.loss:.2e}")
 
-    inversion = invert(model, to_tensor(photo.image), prompt, InversionConfig(), progress,
+    inversion = invert(model, to_tensor(photo.image), prompt, config, progress,
                        photo=torch.from_numpy(np.asarray(photo.image).copy()), crop_box=photo.crop_box,
                        source_path=DEMO_PHOTO.name)
     bar.close()

@@ -7,49 +7,24 @@ sec. 3.3: "we use the optimised unconditional embeddings ∅_T … ∅_1 with th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from nulltext.attention import controlled, to_latent_grid
-from nulltext.ddim import Schedule, ddim_step, guided
+from nulltext.ddim import sample
 from nulltext.inversion import Inversion
 from nulltext.inversion_file import check_model
 from nulltext.model import Model
-from nulltext.prompt_to_prompt import EditConfig, PromptToPrompt
-
-StepCallback = Callable[[int, int], None]  # (steps done, total)
-
-
-def sample(model: Model, latent_T: torch.Tensor, cond: torch.Tensor, nulls: torch.Tensor, schedule: Schedule,
-           guidance_scale: float, callback: StepCallback | None = None,
-           corrections: torch.Tensor | None = None) -> torch.Tensor:
-    """Guided DDIM (eq. 12, η = 0) from z_T (1 or B, C, h, w) with ∅_t at step t.
-
-    cond is (B, tokens, dim), or (T, B, tokens, dim) for a caption embedding per step; nulls (T, tokens, dim).
-    """
-    B, T = cond.shape[-3], schedule.num_steps
-    z = latent_T.to(model.device).float().expand(B, -1, -1, -1)
-    for k, i in enumerate(range(T, 0, -1)):
-        null = nulls[i - 1 : i].to(model.device).expand(B, -1, -1)
-        c = cond if cond.ndim == 3 else cond[i - 1].to(model.device)
-        out = model.predict(torch.cat([z, z]), schedule.timestep(i), torch.cat([null, c]))
-        uncond_out, cond_out = out.chunk(2)
-        z = ddim_step(guided(uncond_out, cond_out, guidance_scale), z, i, schedule)
-        if corrections is not None:  # direct inversion: back onto the pivot
-            z = z + corrections[i - 1 : i].to(z)
-        if callback is not None:
-            callback(k + 1, T)
-    return z
-
+from nulltext.prompt_to_prompt import EditConfig, LocalBlend, PromptToPrompt, latent_mask, plan_edit
+from nulltext.sampling import StepCallback, guided_ddim, guided_prediction
 
 @torch.no_grad()
 def reconstruct(model: Model, inversion: Inversion, callback: StepCallback | None = None) -> torch.Tensor:
     """The inversion's guided reconstruction, an image (1, 3, H, W) in [-1, 1]."""
     check_model(inversion, model)
     cond = model.encode_text([inversion.prompt])
-    z0 = sample(model, inversion.latent_T, cond, inversion.null_embeddings, inversion.schedule(),
-                inversion.config.guidance_scale, callback, inversion.corrections)
+    z0 = guided_ddim(model, inversion.latent_T, cond, inversion.null_embeddings, inversion.schedule(),
+                     inversion.config.guidance_scale, callback, inversion.corrections)
     return model.decode_latents(z0).cpu()
 
 
@@ -66,41 +41,44 @@ class EditResult:
 @torch.no_grad()
 def edit(model: Model, inversion: Inversion, targets: list[str], config: EditConfig | None = None,
          callback: StepCallback | None = None) -> EditResult:
-    """Prompt-to-Prompt edits of an inversion; row 0 equals `reconstruct()` exactly."""
+    """Prompt-to-Prompt edits of an inversion: the source and the targets sampled as one batch.
+
+    Row 0 is the source's reconstruction (equal to `reconstruct()` up to float rounding: its attention
+    layers run the explicit path where the edit needs them).
+    """
     check_model(inversion, model)
     config = config or EditConfig()
     if not targets:
         raise ValueError("no target prompt given — pass at least one edited caption")
     for p in targets:
         model.check_prompt(p)
-    schedule, w = inversion.schedule(), inversion.config.guidance_scale
-    T, n = schedule.num_steps, len(targets)
-    cond_source, cond_targets = model.encode_text([inversion.prompt]), model.encode_text(targets)
-    z_source = inversion.latent_T.to(model.device).float()
-    z_targets = z_source.expand(n, -1, -1, -1)
-    controller = PromptToPrompt(model.tokenizer, inversion.prompt, targets, config, T, tuple(z_source.shape[-2:]))
+    schedule, T, n = inversion.schedule(), inversion.num_steps, len(targets)
+    latent_hw = tuple(inversion.latent_T.shape[-2:])
+    plan = plan_edit(model.tokenizer, inversion.prompt, targets, config, T, latent_hw)
+    user_mask = None if config.blend_mask is None else latent_mask(config.blend_mask, latent_hw)
+    blend = LocalBlend(plan.blend_tokens, plan.subtract_tokens, latent_hw, config, T, user_mask)
+    controller = PromptToPrompt(plan, blend)
+    cond = model.encode_text([inversion.prompt, *targets])  # (1+n, tokens, dim)
+    guided = guided_prediction(model, cond, inversion.null_embeddings, inversion.config.guidance_scale, schedule)
+
+    def predict(z: torch.Tensor, i: int) -> torch.Tensor:
+        controller.step = T - i  # sampling step 0 … T−1
+        return guided(z, i)
+
+    def after_step(i: int, z: torch.Tensor) -> torch.Tensor:
+        if inversion.corrections is not None:  # direct inversion corrects the source row only
+            z = torch.cat([z[:1] + inversion.corrections[i - 1 : i].to(z), z[1:]])
+        blended = blend.apply(T - i, z)  # local blend: outside the edited region, keep the source
+        if callback is not None:
+            callback(T - i + 1, T)
+        return z if blended is None else blended
+
+    z_T = inversion.latent_T.to(model.device).float().expand(1 + n, -1, -1, -1)
     with controlled(model.unet, controller):
-        for k, i in enumerate(range(T, 0, -1)):
-            tau, null = schedule.timestep(i), inversion.null_embeddings[i - 1 : i].to(model.device)
-            # 1. the source pass, exactly as in reconstruct(); its attention is recorded
-            controller.begin(k, "source")
-            out = model.predict(torch.cat([z_source, z_source]), tau, torch.cat([null, cond_source]))
-            z_source_next = ddim_step(guided(*out.chunk(2), w), z_source, i, schedule)
-            if inversion.corrections is not None:  # direct inversion corrects the source branch only
-                z_source_next = z_source_next + inversion.corrections[i - 1 : i].to(z_source_next)
-            # 2. the targets' pass with rewritten attention
-            controller.begin(k, "target")
-            nulls = null.expand(n, -1, -1)
-            out = model.predict(torch.cat([z_targets, z_targets]), tau, torch.cat([nulls, cond_targets]))
-            z_targets_next = ddim_step(guided(*out.chunk(2), w), z_targets, i, schedule)
-            # 3. local blend: outside the edited region, keep the source
-            z_source, z_targets = z_source_next, controller.blend(z_source_next, z_targets_next)
-            if callback is not None:
-                callback(k + 1, T)
-    latents = torch.cat([z_source, z_targets])
+        latents = sample(predict, z_T, schedule, after_step)
     images = model.decode_latents(latents).cpu()
-    masks = controller.blend_masks()
-    return EditResult([inversion.prompt, *targets], images, latents.cpu(), None if masks is None else masks.cpu())
+    masks = blend.masks()
+    return EditResult([inversion.prompt, *targets], images, latents.cpu(), None if masks is None else masks.expand(n, -1, -1).cpu())
 
 
 class _CrossAttentionRecorder:

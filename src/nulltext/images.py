@@ -354,3 +354,20 @@ def make_grid(
             x = x0 + (cell_w - _text_width(font, line)) / 2
             draw.text((x, y0 + cell_h + GRID_PADDING // 2 + number * line_h), line, fill=(0, 0, 0), font=font)
     return grid
+
+
+def load_mask(path: str | os.PathLike[str], size: Size) -> torch.Tensor:
+    """A user-drawn edit mask (H, W) bool from an image file: light pixels (≥ 128 grey) are the region.
+
+    The mask must have the photo's size (width, height) as inverted; transparency counts as dark.
+    """
+    image = _decode(path)
+    if image.size != tuple(size):
+        raise _image_error(path, f"mask is {image.size[0]}x{image.size[1]} pixels, the photo was inverted at "
+                           f"{size[0]}x{size[1]}", f"draw the mask at {size[0]}x{size[1]}")
+    if _has_transparency(image):
+        image = image.convert("RGBA")
+        grey = np.asarray(image.convert("L"), dtype=np.uint8) * (np.asarray(image)[..., 3] >= 128)
+    else:
+        grey = np.asarray(to_rgb(image).convert("L"), dtype=np.uint8)
+    return torch.from_numpy(grey >= 128)

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+import math
+from typing import Callable, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-from nulltext.ddim import Schedule, ddim_inverse_step, ddim_step, guided, make_schedule
+from nulltext.ddim import Schedule, ddim_inverse_step, ddim_step, guided, make_schedule, sample
 from nulltext.model import Model
+from nulltext.sampling import guided_prediction
 
 Method = Literal["null-text", "ddim", "negative-prompt", "direct"]
 
@@ -47,12 +49,38 @@ class InversionConfig:
     early_stop_growth: float = 2e-5
     keep_pivot: bool = True  # store z*_0 … z*_T in the result
 
+    def __post_init__(self) -> None:
+        """Refuse settings no inversion can run with; the CLI and the library say the same."""
+        if self.method not in get_args(Method):
+            raise ValueError(f"unknown inversion method {self.method!r} — use one of {', '.join(get_args(Method))}")
+        _check_whole(self.num_steps, "steps", 1)
+        _check_whole(self.inner_steps, "inner steps", 0)
+        for name, value in (("guidance", self.guidance_scale), ("pivot guidance", self.pivot_guidance_scale)):
+            _check_finite_number(value, name)
+        _check_finite_number(self.learning_rate, "lr")
+        if self.learning_rate <= 0:
+            raise ValueError(f"lr {self.learning_rate} must be positive — use e.g. 1e-2")
+        for name, value in (("early stop", self.early_stop), ("early stop growth", self.early_stop_growth)):
+            _check_finite_number(value, name)
+            if value < 0:
+                raise ValueError(f"{name} {value} must be ≥ 0")
+
     def learning_rate_at(self, k: int) -> float:
         """lr at outer step k = 0 … T−1: the paper's 1e-2 · (1 − k/100) for T = 50, as 1 − k/(2T)."""
         return self.learning_rate * (1 - k / (2 * self.num_steps))
 
     def threshold_at(self, k: int) -> float:
         return self.early_stop + k * self.early_stop_growth
+
+
+def _check_whole(value, name: str, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} {value!r} must be a whole number ≥ {low}")
+
+
+def _check_finite_number(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} {value!r} must be a finite number, e.g. 7.5")
 
 
 @dataclass
@@ -127,142 +155,90 @@ def ddim_invert(model: Model, z0: torch.Tensor, cond: torch.Tensor, schedule: Sc
 class Optimised:
     """Per-step embeddings from `null_text_optimise`, each list indexed by t − 1."""
 
-    embeddings: torch.Tensor  # (T, tokens, dim) float32: ∅_1 … ∅_T (or C_1 … C_T when optimising C)
-    losses: list[float]
-    iterations: list[int]
-    # cumulative Adam iterations B → (embeddings if stopped after B iterations, the embedding being optimised then)
-    snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    embeddings: torch.Tensor  # (T, tokens, dim) float32: ∅_1 … ∅_T
+    losses: list[float]  # the final loss of each step
+    iterations: list[int]  # the Adam iterations each step used
 
 
-def _loss_scale(model: Model) -> float:
+UpdateHook = Callable[[int, torch.Tensor], None]  # (t, ∅_t after an Adam update)
+
+
+def loss_scale(model: Model) -> float:
     """fp16 gradients of a ~1e-5 loss underflow: scale the loss, and Adam's ε with it (Adam is otherwise scale-free)."""
     return 2.0**16 if model.dtype == torch.float16 else 1.0
 
 
 def null_text_optimise(model: Model, pivot: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
                        schedule: Schedule, config: InversionConfig, callback: Callback | None = None,
-                       optimise: Literal["null", "cond"] = "null", checkpoints: tuple[int, ...] = ()) -> Optimised:
-    """Algorithm 1: per-step null embeddings so guided DDIM from z*_T follows the pivot.
+                       on_update: UpdateHook | None = None) -> Optimised:
+    """Algorithm 1 (Mokady et al. 2023): per-step ∅_t so that guided DDIM from z*_T follows the pivot.
 
-    The fixed branch's prediction is computed once per step; the inner loop checks the early-stop
-    threshold before each Adam update, so a step that stops early reuses its last forward pass for
-    z̄_{t−1} and a step that does not costs one more pass. `optimise="cond"` optimises the caption's
-    embedding instead (the paper's textual-inversion ablation); `checkpoints` records what the result
-    would be if the optimisation stopped after that many Adam iterations in all (for the ablation).
+    `on_update(t, ∅_t)` sees every Adam update (the study's ablation records its checkpoints with it).
     """
-    T, w = schedule.num_steps, config.guidance_scale
-    loss_scale = _loss_scale(model)
-    fixed, phi = (cond, uncond) if optimise == "null" else (uncond, cond)
-    phi = phi.detach().float().clone()  # ∅_T ← ψ("")
-    z_bar = pivot[T : T + 1].to(model.device)
-    done, losses, iterations = [None] * T, [0.0] * T, [0] * T
-    pending, snapshots, total = sorted(checkpoints), {}, 0
-
-    def snapshot() -> None:
-        while pending and pending[0] <= total:
-            current = phi.detach()[0].clone()
-            snapshots[pending.pop(0)] = (torch.stack([d if d is not None else current for d in done]).cpu(), current.cpu())
-
-    snapshot()
+    T, w, scale = schedule.num_steps, config.guidance_scale, loss_scale(model)
+    null = uncond.detach().float().clone()  # ∅_T ← ψ("")
+    z_bar = pivot[T : T + 1].to(model.device)  # z̄_T ← z*_T
+    nulls, losses, iterations = [None] * T, [0.0] * T, [0] * T
     for k, t in enumerate(range(T, 0, -1)):
-        tau, target = schedule.timestep(t), pivot[t - 1 : t].to(model.device).float()
+        tau, target = schedule.timestep(t), pivot[t - 1 : t].to(model.device).float()  # z*_{t−1}
+        # 1. the conditional branch ε(z̄_t, C) does not depend on ∅_t: once per step
         with torch.no_grad():
-            out_fixed = model.predict(z_bar, tau, fixed)  # C (or ψ("")) never changes: once per step
-        phi = phi.detach().clone().requires_grad_(True)  # a fresh tensor: Adam updates it in place
-        optimiser = torch.optim.Adam([phi], lr=config.learning_rate_at(k), eps=1e-8 * loss_scale)
-        threshold = config.threshold_at(k)
+            out_cond = model.predict(z_bar, tau, cond)
+        # 2. ∅_t starts at ∅_{t+1}, as a fresh tensor (Adam updates it in place)
+        null = null.detach().clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([null], lr=config.learning_rate_at(k), eps=1e-8 * scale)
+        # 3. at most N Adam updates of ‖z*_{t−1} − z_{t−1}(z̄_t, ∅_t, C)‖², stopping early once the loss
+        #    is below the step's threshold; the last forward pass gives z̄_{t−1}, so a step that stops
+        #    early costs no extra pass
         used = 0
         for used in range(config.inner_steps + 1):
             with torch.set_grad_enabled(used < config.inner_steps):
-                out = model.predict(z_bar, tau, phi)
-                out = guided(out, out_fixed, w) if optimise == "null" else guided(out_fixed, out, w)
-                z_prev = ddim_step(out, z_bar, t, schedule)
+                z_prev = ddim_step(guided(model.predict(z_bar, tau, null), out_cond, w), z_bar, t, schedule)
                 loss = F.mse_loss(z_prev, target)
-            if not torch.isfinite(loss):
-                raise InversionError(f"null-text loss became {loss.item()} at step {k + 1}/{T} (timestep {tau}) — "
-                                     "run with --dtype float32 or a lower --lr")
-            if loss.item() < threshold or used == config.inner_steps:
+            _check_finite(loss, k, T, tau)
+            if loss.item() < config.threshold_at(k) or used == config.inner_steps:
                 break
             optimiser.zero_grad(set_to_none=True)
-            (loss * loss_scale).backward()
-            if not torch.isfinite(phi.grad).all():
+            (loss * scale).backward()
+            if not torch.isfinite(null.grad).all():
                 raise InversionError(f"null-text gradient overflowed at step {k + 1}/{T} (timestep {tau}) — "
                                      "run with --dtype float32 or bfloat16")
             optimiser.step()
-            total += 1
-            snapshot()
-        done[t - 1], losses[t - 1], iterations[t - 1] = phi.detach()[0].clone(), loss.item(), used
-        z_bar = z_prev.detach()  # z̄_{t−1}
+            if on_update is not None:
+                on_update(t, null.detach()[0])
+        # 4. keep ∅_t, move on along the guided trajectory: z̄_{t−1} = z_{t−1}(z̄_t, ∅_t, C)
+        nulls[t - 1], losses[t - 1], iterations[t - 1] = null.detach()[0].clone(), loss.item(), used
+        z_bar = z_prev.detach()
         if callback is not None:
             callback(StepReport(k + 1, T, tau, used, loss.item()))
-    total = max(checkpoints, default=0)
-    snapshot()
-    return Optimised(torch.stack(done), losses, iterations, snapshots)
+    return Optimised(torch.stack(nulls), losses, iterations)
 
 
-def global_null_optimise(model: Model, pivot: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                         schedule: Schedule, config: InversionConfig, iterations: int,
-                         checkpoints: tuple[int, ...] = ()) -> Optimised:
-    """The paper's "global null-text" ablation (Fig. 5): one ∅ shared by every step.
-
-    Passes over t = T … 1 along the guided trajectory (z̄_T = z*_T at the start of each pass), one Adam
-    update of the shared ∅ per timestep on ‖z*_{t−1} − z_{t−1}(z̄_t, ∅, C)‖², until `iterations` updates
-    in all; lr decays linearly to half over the run, as in Algorithm 1. The result's per-step
-    embeddings all equal the shared one; `snapshots` as in `null_text_optimise`.
-    """
-    T, w = schedule.num_steps, config.guidance_scale
-    loss_scale = _loss_scale(model)
-    phi = uncond.detach().float().clone().requires_grad_(True)  # ∅ ← ψ("")
-    optimiser = torch.optim.Adam([phi], lr=config.learning_rate, eps=1e-8 * loss_scale)
-    pending, snapshots, total = sorted(checkpoints), {}, 0
-    losses = [0.0] * T
-
-    def snapshot() -> None:
-        while pending and pending[0] <= total:
-            current = phi.detach()[0].clone().cpu()
-            snapshots[pending.pop(0)] = (current.expand(T, -1, -1).clone(), current)
-
-    snapshot()
-    while total < iterations:
-        z_bar = pivot[T : T + 1].to(model.device)
-        for t in range(T, 0, -1):
-            if total >= iterations:
-                break
-            tau, target = schedule.timestep(t), pivot[t - 1 : t].to(model.device).float()
-            with torch.no_grad():
-                out_cond = model.predict(z_bar, tau, cond)
-            z_prev = ddim_step(guided(model.predict(z_bar, tau, phi), out_cond, w), z_bar, t, schedule)
-            loss = F.mse_loss(z_prev, target)
-            if not torch.isfinite(loss):
-                raise InversionError(f"global null loss became {loss.item()} at timestep {tau} — run with float32")
-            for g in optimiser.param_groups:
-                g["lr"] = config.learning_rate * (1 - total / (2 * iterations))
-            optimiser.zero_grad(set_to_none=True)
-            (loss * loss_scale).backward()
-            optimiser.step()
-            losses[t - 1], total = loss.item(), total + 1
-            z_bar = z_prev.detach()  # z̄_{t−1} with the ∅ of this update
-            snapshot()
-    total = max(checkpoints, default=0)
-    snapshot()
-    final = phi.detach()[0].cpu()
-    return Optimised(final.expand(T, -1, -1).clone(), losses, [0] * T, snapshots)
+def _check_finite(loss: torch.Tensor, k: int, T: int, tau: int) -> None:
+    if not torch.isfinite(loss):
+        raise InversionError(f"null-text loss became {loss.item()} at step {k + 1}/{T} (timestep {tau}) — "
+                             "run with --dtype float32 or a lower --lr")
 
 
-@torch.no_grad()
 def direct_corrections(model: Model, pivot: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
                        schedule: Schedule, guidance_scale: float) -> torch.Tensor:
     """Direct inversion (Ju et al. 2023, "PnP Inversion"): d_t = z*_{t−1} − z_{t−1}(z*_t, ψ(""), C), (T, C, h, w).
 
-    Adding d_t after each guided step of the source branch puts it back on the pivot exactly.
+    Guided sampling that is put back on the pivot after every step; adding d_t after each guided step
+    of the source branch does the same at edit time.
     """
     T = schedule.num_steps
     corrections = torch.zeros_like(pivot[1:])
-    for t in range(T, 0, -1):
-        z_t, tau = pivot[t : t + 1].to(model.device), schedule.timestep(t)
-        out = model.predict(torch.cat([z_t, z_t]), tau, torch.cat([uncond, cond]))
-        z_prev = ddim_step(guided(*out.chunk(2), guidance_scale), z_t, t, schedule)
-        corrections[t - 1] = (pivot[t - 1 : t].to(model.device) - z_prev)[0].cpu()
+    nulls = uncond.float().expand(T, -1, -1)
+
+    def back_on_pivot(i: int, z_prev: torch.Tensor) -> torch.Tensor:
+        target = pivot[i - 1 : i].to(z_prev)
+        corrections[i - 1] = (target - z_prev)[0].to(corrections)
+        return target
+
+    with torch.no_grad():
+        sample(guided_prediction(model, cond, nulls, guidance_scale, schedule), pivot[T:].to(model.device), schedule,
+               back_on_pivot)
     return corrections
 
 
@@ -290,12 +266,10 @@ def invert(model: Model, image: torch.Tensor, prompt: str, config: InversionConf
     elif config.method == "negative-prompt":  # Miyake et al. 2023: ∅_t = C, no optimisation
         nulls = cond.float().expand(config.num_steps, -1, -1).clone()
         losses, iterations = [], [0] * config.num_steps
-    elif config.method == "direct":  # Ju et al. 2023: keep ψ(""), store the per-step gap to the pivot
+    else:  # "direct"  # Ju et al. 2023: keep ψ(""), store the per-step gap to the pivot
         nulls = uncond.float().expand(config.num_steps, -1, -1).clone()
         corrections = direct_corrections(model, pivot, cond, uncond, schedule, config.guidance_scale)
         losses, iterations = corrections.flatten(1).pow(2).mean(1).tolist(), [0] * config.num_steps
-    else:
-        raise ValueError(f"unknown inversion method {config.method!r}")
     return Inversion(
         latent_T=pivot[-1:].cpu().clone(), null_embeddings=nulls.cpu(), prompt=prompt, config=config,
         scheduler_config=dict(model.scheduler_config), image_size=(image.shape[-1], image.shape[-2]),

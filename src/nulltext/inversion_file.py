@@ -28,7 +28,6 @@ from nulltext.ddim import ScheduleError, make_schedule
 from nulltext.inversion import Inversion, InversionConfig
 from nulltext.model import Model
 from nulltext.outputs import publish
-from nulltext.settings import check_inversion_config
 
 FORMAT = "nulltext-inversion"
 FORMAT_VERSION = 1
@@ -159,8 +158,7 @@ def _from_header(raw, tensors: dict[str, torch.Tensor], where: str) -> Inversion
         raw_config = _get(h, "config", dict, what="a JSON object")
         known = {f.name for f in dataclasses.fields(InversionConfig)}
         try:
-            config = InversionConfig(**{k: v for k, v in raw_config.items() if k in known})
-            check_inversion_config(config)
+            config = InversionConfig(**{k: v for k, v in raw_config.items() if k in known})  # checks itself
         except (TypeError, ValueError) as e:
             raise _Bad(f"has invalid settings: {_first_line(e)}") from None
         missing = [k for k in ("latent_T", "null_embeddings") if k not in tensors]
@@ -218,8 +216,8 @@ def _tensor_problem(name: str, t, ndim: int, floating: bool = True) -> str | Non
 def _inconsistency(inv: Inversion) -> str | None:
     """The first thing in `inv` that does not fit the rest, or None."""
     try:
-        check_inversion_config(inv.config)
-    except ValueError as e:
+        InversionConfig(**dataclasses.asdict(inv.config))  # its own checks again: fields can be set after construction
+    except (TypeError, ValueError) as e:
         return f"its settings are invalid: {_first_line(e)}"
     T = inv.config.num_steps
     if not _text(inv.prompt):

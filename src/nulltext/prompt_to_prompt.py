@@ -1,28 +1,34 @@
-"""Prompt-to-Prompt edit control (Hertz et al. 2022, arXiv 2208.01626).
+"""Prompt-to-Prompt edit control (Hertz et al. 2022, arXiv 2208.01626), in three parts.
 
-At every sampling step the source prompt's pass runs first and its attention probabilities are
-recorded; then the target prompts' pass runs with its conditional branch's probabilities rewritten:
-
-- cross-attention (sec. 3.2): word swap takes the source maps through a token mapper M,
-  M*_t = M_t · M (eq. "Replace"); refinement takes the aligned source maps and keeps the target's own
-  maps for new tokens; re-weighting scales chosen words' maps (negative and zero allowed). This
-  happens for the steps in `cross_replace` (a fraction from the start, or a (start, end) range), with
-  per-word overrides; outside it the target's own maps are used.
-- self-attention: target maps are replaced by the source's for the steps in `self_replace`, on
-  layers with at most 1/16 of the latent's pixels (the authors' 16×16 of SD's 64×64) or 16×16.
-- local blending (sec. 3.2, "Local editing"): a mask from the cumulative cross-attention of the blend
-  words (source ∪ target), dilated and thresholded; outside it the target latent is reset to the
-  source latent after each step from `blend_start` on.
+1. `EditPlan` (pure data, `plan_edit`): what the edit does to each target's attention at each step —
+   compiled once from the prompts, the tokenizer and `EditConfig`:
+   - cross-attention (sec. 3.2): word swap takes the source maps through a token mapper M,
+     M*_t = M_t · M ("Replace"); refinement takes the aligned source maps and keeps the target's own
+     maps for new tokens; re-weighting scales chosen words' maps (negative and zero allowed). This
+     happens for the steps in `cross_replace` (a fraction from the start, or a (start, end) range),
+     with per-word overrides; outside it the target's own maps are used.
+   - self-attention: target maps are replaced by the source's for the steps in `self_replace`, on
+     layers with at most 1/16 of the latent's pixels (the authors' 16×16 of SD's 64×64) or 16×16.
+2. `LocalBlend` (sec. 3.2, "Local editing"): a mask from the cumulative cross-attention of the blend
+   words (source ∪ target), dilated and thresholded, optionally combined with a user-drawn mask;
+   outside it the target latent is reset to the source latent after each step from `blend_start` on.
+3. `PromptToPrompt`: the thin attention controller (see `nulltext.attention`) that applies the plan
+   at the current step and feeds the local blend. The source and the targets run as one UNet batch,
+   (uncond: source, targets…, cond: source, targets…), so no call order is assumed.
 
 Defaults are the authors' published settings: cross 0.8, self 0.4, blend threshold 0.3 from 0.2, and
 their dilation of 1/16 of the side — but never under 2 latent pixels, so that on small latents (the
-bundled model's 16×16) the mask's edge stays clear of the object's.
+bundled model's 16×16) the mask's edge stays clear of the object's. Where nulltext differs from the
+authors' local blend: it pools the blend words' cross-attention of every layer, each resized to the
+latent grid, where the authors pool only the 16×16 layers of SD at 512 px (1/4 of the latent side);
+on the bundled model's 16×16 latent those would be 4×4 maps, too coarse to outline a shape.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +43,7 @@ from nulltext.token_alignment import (
 )
 
 Mode = Literal["auto", "replace", "refine"]
+MaskCombine = Literal["union", "intersection"]
 StepRange = float | tuple[float, float]
 
 
@@ -53,11 +60,33 @@ class EditConfig:
     reweight: dict[str, float] = field(default_factory=dict)  # target word → attention scale
     blend_words: list[str] = field(default_factory=list)  # words (source or target) marking the region
     blend_subtract: list[str] = field(default_factory=list)  # words whose region is kept from the source
+    blend_mask: torch.Tensor | None = None  # (H, W) bool, a user-drawn region at image (or latent) size
+    blend_mask_combine: MaskCombine = "union"  # with blend words: edit where either (union) or both mark
     blend_threshold: float = 0.3
     blend_start: float = 0.2  # fraction of steps after which blending starts
     blend_dilation: float = 1 / 16  # max-pool radius as a fraction of the latent side (the authors' 1 of 16) …
     blend_min_radius: int = 2  # … and at least this many latent pixels: a mask edge closer than ~2 latent
     # pixels to the edited object leaves a seam that the VAE decoder spreads into the background
+
+    def __post_init__(self) -> None:
+        """Refuse settings no edit can run with; the CLI and the library say the same."""
+        if self.mode not in get_args(Mode):
+            raise ValueError(f"unknown edit mode {self.mode!r} — use auto, replace or refine")
+        if self.blend_mask_combine not in get_args(MaskCombine):
+            raise ValueError(f"unknown mask combination {self.blend_mask_combine!r} — use union or intersection")
+        step_window(self.cross_replace, 1)
+        step_window(self.self_replace, 1)
+        for window in self.word_cross_replace.values():
+            step_window(window, 1)
+        for name, value in (("blend threshold", self.blend_threshold), ("blend start", self.blend_start),
+                            ("self max fraction", self.self_max_fraction), ("blend dilation", self.blend_dilation)):
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} {value!r} must be a fraction from 0 to 1")
+        for word, scale in self.reweight.items():
+            if not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+                raise ValueError(f"reweight scale {scale!r} of {word!r} must be a finite number, e.g. {word}=2")
+        if self.blend_mask is not None and self.blend_mask.ndim != 2:
+            raise ValueError(f"blend mask has shape {tuple(self.blend_mask.shape)}, expected (height, width)")
 
 
 def step_window(value: StepRange, num_steps: int) -> tuple[int, int]:
@@ -68,6 +97,12 @@ def step_window(value: StepRange, num_steps: int) -> tuple[int, int]:
     return int(round(start * num_steps)), int(round(end * num_steps))
 
 
+def resolve_mode(source: str, target: str, mode: Mode) -> Literal["replace", "refine"]:
+    if mode != "auto":
+        return mode
+    return "replace" if len(source.split()) == len(target.split()) else "refine"
+
+
 def _has_word(prompt: str, word: str, tokenizer) -> bool:
     try:
         word_token_indices(prompt, word, tokenizer)
@@ -76,175 +111,223 @@ def _has_word(prompt: str, word: str, tokenizer) -> bool:
         return False
 
 
-def resolve_mode(source: str, target: str, mode: Mode) -> Literal["replace", "refine"]:
-    if mode != "auto":
-        return mode
-    return "replace" if len(source.split()) == len(target.split()) else "refine"
+# ---------------------------------------------------------------------------------------------
+# 1. The edit plan
 
 
-class PromptToPrompt:
-    """The attention controller of one edit run: a source prompt and n target prompts."""
+@dataclass(frozen=True)
+class TargetEdit:
+    """How one target's cross-attention is built from the source's."""
 
-    def __init__(self, tokenizer, source: str, targets: list[str], config: EditConfig, num_steps: int,
-                 latent_hw: tuple[int, int]):
-        self.config, self.num_steps, self.latent_hw = config, num_steps, latent_hw
-        L = tokenizer.model_max_length
-        self.edits = []  # per target: ("replace", M (L, L)) or ("refine", mapper (L,), alphas (L,))
-        for target in targets:
-            mode = resolve_mode(source, target, config.mode)
-            if mode == "replace":
-                self.edits.append(("replace", replace_mapper(source, target, tokenizer)))
-            else:
-                self.edits.append(("refine", *refine_alignment(source, target, tokenizer)))
-        self.equalizers = [self._equalizer(tokenizer, t, config.reweight) if config.reweight else None for t in targets]
-        for word in config.reweight:
-            if not any(_has_word(t, word, tokenizer) for t in targets):
-                raise PromptMismatchError(f"reweight word {word!r} is in no target prompt — pick a word of the target")
-        self.cross_alpha = self._cross_schedule(tokenizer, targets, L)  # (T, n, L)
-        self.self_window = step_window(config.self_replace, num_steps)
-        self.self_max_pixels = max(config.self_min_pixels, int(latent_hw[0] * latent_hw[1] * config.self_max_fraction))
-        self.blend_alpha = self._word_alphas(tokenizer, source, targets, config.blend_words, L)
-        self.subtract_alpha = self._word_alphas(tokenizer, source, targets, config.blend_subtract, L)
-        # explicit state of the run
-        self.step, self.phase = 0, "source"
-        self.source_maps: dict[str, torch.Tensor] = {}
-        self.blend_sum: torch.Tensor | None = None  # (1+n, h, w) cumulative blend-word attention
-        self.subtract_sum: torch.Tensor | None = None
+    mode: Literal["replace", "refine"]
+    mapper: torch.Tensor  # replace: (L, L) M with target = source · M; refine: (L,) source index per target token
+    alphas: torch.Tensor | None  # refine: (L,) 1 where the token is aligned to the source, else 0
+    equalizer: torch.Tensor | None  # (L,) re-weighting scales, or None
 
-    @staticmethod
-    def _equalizer(tokenizer, target: str, scales: dict[str, float]) -> torch.Tensor:
-        return reweight_vector(target, {w: v for w, v in scales.items() if _has_word(target, w, tokenizer)}, tokenizer)
 
-    # -- schedules ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EditPlan:
+    """Everything an edit does at each step, compiled once; no state."""
 
-    def _cross_schedule(self, tokenizer, targets: list[str], L: int) -> torch.Tensor:
-        T = self.num_steps
-        alpha = torch.zeros(T, len(targets), L)  # (steps, targets, tokens)
-        first, end = step_window(self.config.cross_replace, T)
-        alpha[first:end] = 1.0
-        for word, window in self.config.word_cross_replace.items():
-            w_first, w_end = step_window(window, T)
-            if not any(_has_word(t, word, tokenizer) for t in targets):
-                raise PromptMismatchError(f"cross-replacement word {word!r} is in no target prompt — pick a target word")
-            for j, target in enumerate(targets):
-                if not _has_word(target, word, tokenizer):
-                    continue
+    targets: list[TargetEdit]
+    cross_alpha: torch.Tensor  # (T, n, L): 1 where target j's token takes the source's map at step k
+    self_window: tuple[int, int]  # sampling steps [first, end) with self-attention injection
+    self_max_pixels: int  # self-attention injected on layers with at most this many pixels
+    blend_tokens: torch.Tensor | None  # (1+n, L) selectors of the blend words in source and targets
+    subtract_tokens: torch.Tensor | None  # (1+n, L) selectors of the subtract words
+    num_steps: int
+
+    def cross_active(self, step: int) -> bool:
+        return bool(self.cross_alpha[step].any()) or any(t.equalizer is not None for t in self.targets)
+
+    def self_active(self, step: int, pixels: int) -> bool:
+        return self.self_window[0] <= step < self.self_window[1] and pixels <= self.self_max_pixels
+
+
+def plan_edit(tokenizer, source: str, targets: list[str], config: EditConfig, num_steps: int,
+              latent_hw: tuple[int, int]) -> EditPlan:
+    """Compile the edit of `source` into each of `targets` (token mappers, schedules, selectors)."""
+    L = tokenizer.model_max_length
+    for word in config.reweight:
+        if not any(_has_word(t, word, tokenizer) for t in targets):
+            raise PromptMismatchError(f"reweight word {word!r} is in no target prompt — pick a word of the target")
+    edits = []
+    for target in targets:
+        scales = {w: v for w, v in config.reweight.items() if _has_word(target, w, tokenizer)}
+        equalizer = reweight_vector(target, scales, tokenizer) if config.reweight else None
+        if resolve_mode(source, target, config.mode) == "replace":
+            edits.append(TargetEdit("replace", replace_mapper(source, target, tokenizer), None, equalizer))
+        else:
+            mapper, alphas = refine_alignment(source, target, tokenizer)
+            edits.append(TargetEdit("refine", mapper, alphas, equalizer))
+    self_max_pixels = max(config.self_min_pixels, int(latent_hw[0] * latent_hw[1] * config.self_max_fraction))
+    return EditPlan(
+        targets=edits, cross_alpha=_cross_schedule(tokenizer, targets, config, num_steps, L),
+        self_window=step_window(config.self_replace, num_steps), self_max_pixels=self_max_pixels,
+        blend_tokens=_word_selectors(tokenizer, [source, *targets], config.blend_words, "blend"),
+        subtract_tokens=_word_selectors(tokenizer, [source, *targets], config.blend_subtract, "subtract"),
+        num_steps=num_steps,
+    )
+
+
+def _cross_schedule(tokenizer, targets: list[str], config: EditConfig, T: int, L: int) -> torch.Tensor:
+    """(T, n, L): the global cross-replacement window, with per-word windows where given."""
+    alpha = torch.zeros(T, len(targets), L)  # (steps, targets, tokens)
+    first, end = step_window(config.cross_replace, T)
+    alpha[first:end] = 1.0
+    for word, window in config.word_cross_replace.items():
+        w_first, w_end = step_window(window, T)
+        if not any(_has_word(t, word, tokenizer) for t in targets):
+            raise PromptMismatchError(f"cross-replacement word {word!r} is in no target prompt — pick a target word")
+        for j, target in enumerate(targets):
+            if _has_word(target, word, tokenizer):
                 idx = word_token_indices(target, word, tokenizer)
                 alpha[:, j, idx] = 0.0
                 alpha[w_first:w_end, j, idx] = 1.0
-        return alpha
+    return alpha
 
-    @staticmethod
-    def _word_alphas(tokenizer, source: str, targets: list[str], words: list[str], L: int) -> torch.Tensor | None:
-        """(1+n, L) selectors of the given words' tokens in the source and each target (None if no words)."""
-        if not words:
-            return None
-        prompts = [source, *targets]
-        alphas = torch.zeros(len(prompts), L)  # (prompts, tokens)
-        for word in words:
-            found = False
-            for j, prompt in enumerate(prompts):
-                try:
-                    alphas[j, word_token_indices(prompt, word, tokenizer)] = 1.0
-                    found = True
-                except PromptMismatchError:
-                    pass
-            if not found:
-                raise PromptMismatchError(f"blend word {word!r} is in neither the source nor a target prompt — "
-                                          "pick a word of one of the prompts")
-        return alphas
 
-    def cross_active(self) -> bool:
-        return bool(self.cross_alpha[self.step].any()) or self.equalizers[0] is not None
+def _word_selectors(tokenizer, prompts: list[str], words: list[str], role: str) -> torch.Tensor | None:
+    """(prompts, L) selectors of the given words' tokens in each prompt (None if no words)."""
+    if not words:
+        return None
+    selectors = torch.zeros(len(prompts), tokenizer.model_max_length)  # (prompts, tokens)
+    for word in words:
+        found = [j for j, p in enumerate(prompts) if _has_word(p, word, tokenizer)]
+        if not found:
+            raise PromptMismatchError(f"{role} word {word!r} is in neither the source nor a target prompt — "
+                                      "pick a word of one of the prompts")
+        for j in found:
+            selectors[j, word_token_indices(prompts[j], word, tokenizer)] = 1.0
+    return selectors
 
-    def self_active(self) -> bool:
-        return self.self_window[0] <= self.step < self.self_window[1]
 
-    # -- the controller protocol (see nulltext.attention) ---------------------------------------
+def edit_cross_attention(plan: EditPlan, step: int, source: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The targets' cross-attention (n, heads, pixels, tokens) at `step`, from the source's (heads, pixels, tokens)."""
+    out = []
+    for j, edit in enumerate(plan.targets):
+        if edit.mode == "replace":
+            base = torch.einsum("hpw,wn->hpn", source, edit.mapper.to(source))  # (heads, pixels, tokens)
+        else:
+            alphas = edit.alphas.to(source)
+            base = source[..., edit.mapper.to(source.device)] * alphas + targets[j] * (1 - alphas)
+        if edit.equalizer is not None:
+            base = base * edit.equalizer.to(source)
+        a = plan.cross_alpha[step, j].to(source)  # (tokens,)
+        out.append(base * a + targets[j] * (1 - a))
+    return torch.stack(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Local blend
+
+
+@dataclass
+class LocalBlend:
+    """Cumulative blend-word attention at latent resolution, and the masks it gives."""
+
+    blend_tokens: torch.Tensor | None  # (1+n, L)
+    subtract_tokens: torch.Tensor | None  # (1+n, L)
+    latent_hw: tuple[int, int]
+    config: EditConfig
+    num_steps: int
+    user_mask: torch.Tensor | None = None  # (h, w) bool at latent size
+    blend_sum: torch.Tensor | None = None  # (1+n, h, w)
+    subtract_sum: torch.Tensor | None = None  # (1+n, h, w)
 
     @property
-    def rewrites(self) -> bool:
-        return self.phase == "target"
+    def active(self) -> bool:
+        return self.blend_tokens is not None or self.user_mask is not None
 
-    def begin(self, step: int, phase: Literal["source", "target"]) -> None:
-        self.step, self.phase = step, phase
-
-    def wants(self, layer: str, is_cross: bool, pixels: int) -> bool:
-        if is_cross:
-            return self.cross_active() or self.blend_alpha is not None
-        return self.self_active() and pixels <= self.self_max_pixels
-
-    def __call__(self, layer: str, is_cross: bool, probs: torch.Tensor) -> torch.Tensor:
-        half = probs.shape[0] // 2
-        uncond, cond = probs[:half], probs[half:]  # (batch, heads, pixels, tokens) each
-        if self.phase == "source":
-            self.source_maps[layer] = cond[0]  # (heads, pixels, tokens)
-            if is_cross:
-                self._accumulate(cond, 0)
-            return probs
-        source = self.source_maps.pop(layer)  # (heads, pixels, tokens)
-        if is_cross:
-            edited = self._edit_cross(source, cond)
-            self._accumulate(edited, 1)
-        else:
-            edited = source.unsqueeze(0).expand_as(cond)
-        return torch.cat([uncond, edited])
-
-    def _edit_cross(self, source: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Rewritten target cross-attention (n, heads, pixels, tokens) from the source's (heads, pixels, tokens)."""
-        out = []
-        for j, edit in enumerate(self.edits):
-            if edit[0] == "replace":
-                base = torch.einsum("hpw,wn->hpn", source, edit[1].to(source))  # (heads, pixels, tokens)
-            else:
-                mapper, alphas = edit[1].to(source.device), edit[2].to(source)
-                base = source[..., mapper] * alphas + cond[j] * (1 - alphas)
-            if self.equalizers[j] is not None:
-                base = base * self.equalizers[j].to(source)
-            a = self.cross_alpha[self.step, j].to(source)  # (tokens,)
-            out.append(base * a + cond[j] * (1 - a))
-        return torch.stack(out)
-
-    # -- local blend ----------------------------------------------------------------------------
-
-    def _accumulate(self, cond: torch.Tensor, offset: int) -> None:
-        """Add this layer's blend/subtract-word attention, at latent resolution, to the running sums."""
-        if self.blend_alpha is None:
+    def accumulate(self, maps: torch.Tensor) -> None:
+        """Add one layer's conditional cross-attention (1+n, heads, pixels, tokens) to the running sums."""
+        if self.blend_tokens is None:
             return
-        n = cond.shape[0]
-        maps = cond.float().mean(1)  # (batch, pixels, tokens)
-        for attr, alpha in (("blend_sum", self.blend_alpha), ("subtract_sum", self.subtract_alpha)):
-            if alpha is None:
-                continue
-            sel = (maps * alpha[offset : offset + n, None, :].to(maps)).sum(-1, keepdim=True)  # (batch, pixels, 1)
-            sel = to_latent_grid(sel, self.latent_hw)[:, 0]  # (batch, h, w)
-            total = getattr(self, attr)
-            if total is None:
-                total = torch.zeros(1 + len(self.edits), *self.latent_hw, device=sel.device)
-                setattr(self, attr, total)
-            total[offset : offset + n] += sel
+        per_pixel = maps.float().mean(1)  # (1+n, pixels, tokens)
+        self.blend_sum = self._add(self.blend_sum, per_pixel, self.blend_tokens)
+        if self.subtract_tokens is not None:
+            self.subtract_sum = self._add(self.subtract_sum, per_pixel, self.subtract_tokens)
 
-    def _mask(self, sums: torch.Tensor) -> torch.Tensor:
-        """Thresholded, dilated, max-normalised masks (1+n, h, w) of cumulative attention sums."""
+    def _add(self, total: torch.Tensor | None, per_pixel: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        selected = (per_pixel * tokens[:, None, :].to(per_pixel)).sum(-1, keepdim=True)  # (1+n, pixels, 1)
+        grid = to_latent_grid(selected, self.latent_hw)[:, 0]  # (1+n, h, w)
+        return grid if total is None else total + grid
+
+    def _threshold(self, sums: torch.Tensor) -> torch.Tensor:
+        """Dilated, max-normalised, thresholded masks (1+n, h, w) of cumulative attention sums."""
         r = max(self.config.blend_min_radius, round(self.config.blend_dilation * max(self.latent_hw)))
         m = F.max_pool2d(sums[:, None], 2 * r + 1, stride=1, padding=r)[:, 0]  # (prompts, h, w)
         m = m / m.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
         return m > self.config.blend_threshold
 
-    def blend_masks(self) -> torch.Tensor | None:
-        """(n, h, w) bool: where each target may differ from the source (source ∪ target words, minus subtract)."""
-        if self.blend_sum is None:
-            return None
-        m = self._mask(self.blend_sum)
-        masks = m[1:] | m[:1]
-        if self.subtract_sum is not None:
-            s = self._mask(self.subtract_sum)
-            masks = masks & ~(s[1:] | s[:1])
-        return masks
+    def masks(self) -> torch.Tensor | None:
+        """(n, h, w) bool: where each target may differ from the source."""
+        words = None
+        if self.blend_sum is not None:
+            m = self._threshold(self.blend_sum)
+            words = m[1:] | m[:1]  # source ∪ target words
+            if self.subtract_sum is not None:
+                s = self._threshold(self.subtract_sum)
+                words = words & ~(s[1:] | s[:1])
+        if self.user_mask is None:
+            return words
+        user = self.user_mask.to(torch.bool)[None]  # (1, h, w)
+        if words is None:
+            return user
+        user = user.to(words.device)
+        return words | user if self.config.blend_mask_combine == "union" else words & user
 
-    def blend(self, z_source: torch.Tensor, z_targets: torch.Tensor) -> torch.Tensor:
-        """Keep the source latent outside the mask, once blending has started."""
-        if self.blend_sum is None or self.step < round(self.config.blend_start * self.num_steps):
-            return z_targets
-        mask = self.blend_masks()[:, None].to(z_targets)  # (n, 1, h, w)
-        return z_source + mask * (z_targets - z_source)
+    def apply(self, step: int, z: torch.Tensor) -> torch.Tensor | None:
+        """z (1+n, C, h, w) after sampling step `step` (0-based): targets kept as the source outside the mask."""
+        if not self.active or step < round(self.config.blend_start * self.num_steps):
+            return None
+        masks = self.masks()
+        if masks is None:
+            return None
+        mask = masks[:, None].to(z)  # (n or 1, 1, h, w)
+        source, targets = z[:1], z[1:]
+        return torch.cat([source, source + mask * (targets - source)])
+
+
+def latent_mask(mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """A user mask (H, W) at image or latent size → (h, w) bool: a latent pixel is in if any of its image pixels is."""
+    h, w = latent_hw
+    if mask.shape[-2] % h or mask.shape[-1] % w or mask.shape[-2] // h != mask.shape[-1] // w:
+        raise ValueError(f"mask is {mask.shape[-1]}x{mask.shape[-2]} pixels, the photo's latent is {w}x{h} — "
+                         "draw the mask at the photo's size")
+    f = mask.shape[-2] // h
+    return F.max_pool2d(mask.float()[None, None], f, stride=f)[0, 0] > 0.5  # (h, w)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The attention controller
+
+
+class PromptToPrompt:
+    """The attention controller of one edit run: applies the plan at `step`, feeds the local blend.
+
+    Probabilities arrive as one batch (2(1+n), heads, pixels, tokens): unconditional rows first, then
+    the conditional rows of the source and the n targets. Only the targets' conditional rows change.
+    """
+
+    rewrites = True
+
+    def __init__(self, plan: EditPlan, blend: LocalBlend):
+        self.plan, self.blend, self.step = plan, blend, 0
+
+    def wants(self, layer: str, is_cross: bool, pixels: int) -> bool:
+        if is_cross:
+            return self.plan.cross_active(self.step) or self.blend.blend_tokens is not None
+        return self.plan.self_active(self.step, pixels)
+
+    def __call__(self, layer: str, is_cross: bool, probs: torch.Tensor) -> torch.Tensor:
+        half = probs.shape[0] // 2
+        uncond, cond = probs[:half], probs[half:]  # (1+n, heads, pixels, tokens) each
+        source, targets = cond[0], cond[1:]  # (heads, pixels, tokens), (n, heads, pixels, tokens)
+        if is_cross:
+            if self.plan.cross_active(self.step):
+                targets = edit_cross_attention(self.plan, self.step, source, targets)
+            self.blend.accumulate(torch.cat([source[None], targets]))
+        else:
+            targets = source[None].expand_as(targets)
+        return torch.cat([uncond, source[None], targets])

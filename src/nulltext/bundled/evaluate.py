@@ -84,7 +84,7 @@ def generate(model, prompts: list[str], seed: int, guidance_scale: float = 7.5, 
              batch_size: int = 64) -> list[Image.Image]:
     """Text-to-image with our DDIM sampler: one image per prompt, seeded."""
     from nulltext.ddim import make_schedule
-    from nulltext.editing import sample
+    from nulltext.sampling import guided_ddim
     from nulltext.images import to_pil
 
     schedule = make_schedule(model.scheduler_config, num_steps)
@@ -97,7 +97,7 @@ def generate(model, prompts: list[str], seed: int, guidance_scale: float = 7.5, 
     for i in range(0, len(prompts), batch_size):
         cond = model.encode_text(prompts[i : i + batch_size])
         nulls = null.expand(num_steps, -1, -1)
-        z0 = sample(model, z_T[i : i + batch_size], cond, nulls, schedule, guidance_scale)
+        z0 = guided_ddim(model, z_T[i : i + batch_size], cond, nulls, schedule, guidance_scale)
         images += to_pil(model.decode_latents(z0).cpu())
     return images
 

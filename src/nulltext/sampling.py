@@ -1,0 +1,56 @@
+"""Classifier-free guided DDIM on a model: the prediction that every sampling loop uses.
+
+Guided DDIM from z_T with ∅_t as the unconditional embedding of step t (Mokady et al. 2023, sec. 3.3:
+"we use the optimised unconditional embeddings ∅_T … ∅_1 with the target prompt P*"), built on the
+one loop of `nulltext.ddim.sample`. The unconditional and conditional halves run as one UNet batch
+(the unconditional half first), so attention controllers see (2B, heads, pixels, tokens) with the
+conditional rows in the second half.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from nulltext.ddim import Predict, Schedule, guided, sample
+from nulltext.model import Model
+
+StepCallback = Callable[[int, int], None]  # (steps done, total)
+
+
+def guided_prediction(model: Model, cond: torch.Tensor, nulls: torch.Tensor, guidance_scale: float,
+                      schedule: Schedule) -> Predict:
+    """(z_i, i) → u + w (c − u) with u = ε(z_i, ∅_i), c = ε(z_i, C): one UNet batch per step.
+
+    cond is (B, tokens, dim), or (T, B, tokens, dim) for a caption embedding per step; nulls (T, tokens, dim).
+    """
+
+    def predict(z: torch.Tensor, i: int) -> torch.Tensor:
+        B = z.shape[0]
+        null = nulls[i - 1 : i].to(model.device).expand(B, -1, -1)  # (B, tokens, dim)
+        c = cond if cond.ndim == 3 else cond[i - 1].to(model.device)  # (B, tokens, dim)
+        out = model.predict(torch.cat([z, z]), schedule.timestep(i), torch.cat([null, c]))
+        return guided(*out.chunk(2), guidance_scale)
+
+    return predict
+
+
+def guided_ddim(model: Model, latent_T: torch.Tensor, cond: torch.Tensor, nulls: torch.Tensor, schedule: Schedule,
+                guidance_scale: float, callback: StepCallback | None = None,
+                corrections: torch.Tensor | None = None) -> torch.Tensor:
+    """Guided DDIM (eq. 12, η = 0) from z_T (1 or B, C, h, w) to z_0 with ∅_t at step t.
+
+    `corrections` (T, C, h, w), from direct inversion, are added after step t at index t − 1.
+    """
+    B, T = cond.shape[-3], schedule.num_steps
+    z = latent_T.to(model.device).float().expand(B, -1, -1, -1)
+
+    def after_step(i: int, z_prev: torch.Tensor) -> torch.Tensor | None:
+        if callback is not None:
+            callback(T - i + 1, T)
+        if corrections is not None:  # direct inversion: back onto the pivot
+            return z_prev + corrections[i - 1 : i].to(z_prev)
+        return None
+
+    return sample(guided_prediction(model, cond, nulls, guidance_scale, schedule), z, schedule, after_step)
