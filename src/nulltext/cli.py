@@ -100,7 +100,7 @@ def _settings(config_class, **values):
 def _load_model(args):
     from nulltext.model import load_model
 
-    return load_model(args.model, device=args.device, dtype=args.dtype)
+    return load_model(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
 
 
 def _progress(args, total: int, desc: str):
@@ -124,10 +124,10 @@ def _step_bar(args, desc: str):
 
 
 def _refuse_existing(paths: list[Path], args) -> None:
-    """Earlier results are never overwritten without --force."""
-    existing = [p for p in paths if p.exists()]
-    if existing and not args.force:
-        raise CLIError(f"{existing[0]} exists — pass --force to overwrite it, or -o to write elsewhere")
+    """Before the work: earlier results are never overwritten without --force, and every output can be written."""
+    from nulltext.outputs import check_outputs
+
+    check_outputs(paths, force=args.force)
 
 
 def _open(args):
@@ -170,17 +170,19 @@ def _metadata(model, inversion, **fields) -> dict[str, str]:
 def cmd_invert(args) -> None:
     from nulltext.images import load_image, to_tensor
     from nulltext.inversion import InversionConfig, invert
+    from nulltext.ddim import make_schedule
     from nulltext.inversion_file import save_inversion
 
     out = Path(args.output or Path(args.photo).with_suffix(".nti").name)
     _refuse_existing([out], args)
+    config = _settings(InversionConfig, method=args.method, num_steps=args.steps, guidance_scale=args.guidance,
+                       inner_steps=args.inner_steps, learning_rate=args.lr, keep_pivot=not args.no_pivot)
     model = _load_model(args)
+    make_schedule(model.scheduler_config, config.num_steps)  # the scheduler's own step limit
     size = args.size or model.default_size
     model.check_size(size)
     model.check_prompt(args.prompt)
     photo = load_image(args.photo, size, crop=args.crop)
-    config = _settings(InversionConfig, method=args.method, num_steps=args.steps, guidance_scale=args.guidance,
-                       inner_steps=args.inner_steps, learning_rate=args.lr, keep_pivot=not args.no_pivot)
     bar = _progress(args, config.num_steps, "null-text" if config.method == "null-text" else "ddim")
 
     def callback(report) -> None:
@@ -194,7 +196,7 @@ def cmd_invert(args) -> None:
                        photo=torch.from_numpy(np.asarray(photo.image).copy()), crop_box=photo.crop_box,
                        source_path=str(photo.path))
     bar.close()
-    save_inversion(inversion, out)
+    save_inversion(inversion, out, force=args.force, keep_both=True)
     iters = sum(inversion.inner_iterations)
     print(f"wrote {out}  ({inversion.wall_time:.1f} s, {iters} Adam iterations"
                + (f", final loss {inversion.losses[0]:.2e})" if inversion.losses else ")"))
@@ -223,9 +225,10 @@ def cmd_reconstruct(args) -> None:
     _refuse_existing([out], args)
     model, inversion = _open(args)
     image = reconstruct(model, inversion, _step_bar(args, "reconstruct"))
-    save_png(to_pil(image)[0], out, _metadata(model, inversion, kind="reconstruction"), force=True)
-    print(f"wrote {out}")
     report = _psnr_report(model, inversion, image)
+    save_png(to_pil(image)[0], out, _metadata(model, inversion, kind="reconstruction"), force=args.force,
+             keep_both=True)
+    print(f"wrote {out}")
     if report:
         print(report)
 
@@ -247,10 +250,10 @@ def cmd_edit(args) -> None:
         settings["blend_mask"] = str(args.mask)
     for j, target in enumerate(targets):
         save_png(images[j + 1], names[j], _metadata(model, inversion, kind="edit", target_prompt=target, **settings),
-                 force=True)
+                 force=args.force, keep_both=True)
     labels = [f"source: {inversion.prompt}", *targets]
     save_png(make_grid(images, labels), names[-1], _metadata(model, inversion, kind="edit grid", targets=targets),
-             force=True)
+             force=args.force, keep_both=True)
     for p in names:
         print(f"wrote {p}")
 
@@ -266,7 +269,7 @@ def cmd_attention(args) -> None:
     tokens, maps, image = attention_maps(model, inversion, _step_bar(args, "attention"))
     tiles = attention_tiles(image, maps)
     save_png(make_grid(tiles, ["reconstruction", *tokens]), out, _metadata(model, inversion, kind="attention maps"),
-             force=True)
+             force=args.force, keep_both=True)
     print(f"wrote {out}")
 
 
@@ -343,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16", "fp32", "fp16", "bf16"])
     common.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     common.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    common.add_argument("--allow-pickle", action="store_true",
+                        help="load a pickled .ckpt model (pickles can run code: only from a source you trust)")
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error (or set NULLTEXT_DEBUG=1)")
 
     p = argparse.ArgumentParser(prog="nulltext", description=__doc__)
     p.add_argument("--version", action="version", version=f"nulltext {__version__}")
@@ -414,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("info", help="print an .nti file's metadata")
     s.add_argument("inversion")
+    s.add_argument("--debug", action="store_true", help="show the traceback of an error (or set NULLTEXT_DEBUG=1)")
     s.set_defaults(func=cmd_info)
     return p
 
@@ -428,25 +435,89 @@ def _quiet_libraries() -> None:
         lib.utils.logging.disable_progress_bar()
 
 
+# free-text arguments (not paths: a file name may hold any bytes) → how the user wrote them
+_TEXT_ARGUMENTS = {"prompt": "--prompt", "targets": "a target prompt", "reweight": "--reweight", "blend": "--blend",
+                   "subtract": "--subtract", "word_cross": "--word-cross"}
+
+
+def _check_text_arguments(args) -> None:
+    """Text that is not valid UTF-8 arrives as surrogate escapes; refuse it naming the argument."""
+    from nulltext.model import PromptError, check_prompt_text
+
+    for dest, name in _TEXT_ARGUMENTS.items():
+        values = getattr(args, dest, None)
+        for value in values if isinstance(values, list) else [values]:
+            for text in value if isinstance(value, tuple) else [value]:
+                if isinstance(text, str):
+                    try:
+                        check_prompt_text(text)
+                    except PromptError as e:
+                        raise CLIError(f"{name} is not valid UTF-8: {str(e).partition('(')[2].partition(')')[0]} — "
+                                       "pass it as UTF-8 text") from None
+
+
+def _close_progress_bars() -> None:
+    """Clear any progress bar still on screen, so a message starts on a fresh line."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return " ".join(text.splitlines()[0].split()) if text else type(e).__name__
+
+
+class _TerminateAsExit:
+    """SIGTERM unwinds like Ctrl-C (exit 143), so temporary files are removed on the way out."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            def terminate(signum, frame):
+                raise SystemExit(128 + signum)
+
+            self.previous = signal.signal(signal.SIGTERM, terminate)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
-    from nulltext.errors import RUNTIME_ERRORS, USER_ERRORS
-
+    debug = bool(getattr(args, "debug", False) or os.environ.get("NULLTEXT_DEBUG"))
     try:
-        args.func(args)
-    except (CLIError, *USER_ERRORS, *RUNTIME_ERRORS) as e:
-        if os.environ.get("NULLTEXT_DEBUG"):
-            raise
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if not isinstance(e, (CLIError, *USER_ERRORS)):
-            message = f"{type(e).__name__}: {message}"
-        print(f"nulltext: error: {message}", file=sys.stderr)
-        return EXIT_ERROR
+        _quiet_libraries()
+        _check_text_arguments(args)
+        with _TerminateAsExit():
+            args.func(args)
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("nulltext: interrupted — files already reported as written are complete; no partial file was left",
               file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - the safety net: every error is one line unless --debug
+        _close_progress_bars()
+        if debug:
+            raise
+        from nulltext.errors import RUNTIME_ERRORS, USER_ERRORS
+
+        message = _one_line(e)
+        if isinstance(e, (CLIError, *USER_ERRORS)):
+            print(f"nulltext: error: {message}", file=sys.stderr)
+        elif isinstance(e, RUNTIME_ERRORS):
+            print(f"nulltext: error: {type(e).__name__}: {message}", file=sys.stderr)
+        else:
+            print(f"nulltext: error: {type(e).__name__}: {message} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_ERROR
     return 0
 
 

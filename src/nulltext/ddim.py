@@ -41,15 +41,125 @@ class Schedule:
         return int(self.timesteps[i - 1])
 
 
-def make_schedule(scheduler_config: dict, num_steps: int) -> Schedule:
-    """The DDIM schedule of a model's scheduler config, with its timestep spacing and final ᾱ."""
+class ScheduleError(ValueError):
+    """A scheduler config or step count that makes no valid DDIM schedule; one line saying what and the limit."""
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+_BOOL, _INT, _NUMBER, _TEXT = "true or false", "a whole number", "a finite number", "a string"
+# the DDIM config keys nulltext reads and what each must be; other keys (diffusers' bookkeeping,
+# settings of other schedulers) are ignored, as diffusers itself ignores them
+_CONFIG_TYPES = {
+    "num_train_timesteps": _INT, "beta_start": _NUMBER, "beta_end": _NUMBER, "beta_schedule": _TEXT,
+    "clip_sample": _BOOL, "set_alpha_to_one": _BOOL, "steps_offset": _INT, "prediction_type": _TEXT,
+    "thresholding": _BOOL, "dynamic_thresholding_ratio": _NUMBER, "clip_sample_range": _NUMBER,
+    "sample_max_value": _NUMBER, "timestep_spacing": _TEXT, "rescale_betas_zero_snr": _BOOL,
+}
+
+
+def _is(value, kind: str) -> bool:
+    import math
+
+    if kind == _BOOL:
+        return isinstance(value, bool)
+    if kind == _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == _NUMBER:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, str)
+
+
+def check_scheduler_config(config) -> dict:
+    """The DDIM keys of a scheduler config, type-checked; raises ScheduleError naming the first bad one."""
+    if not isinstance(config, dict):
+        raise ScheduleError(f"the scheduler config is a {type(config).__name__}, not a JSON object")
+    known = {k: v for k, v in config.items() if k in _CONFIG_TYPES or k == "trained_betas" or k == "_use_default_values"}
+    for key, value in known.items():
+        if key == "_use_default_values":  # diffusers' own: these keys take their defaults
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise ScheduleError("scheduler setting _use_default_values is not a list of names")
+            continue
+        if key == "trained_betas":
+            if value is not None and not (isinstance(value, list) and value and all(_is(b, _NUMBER) for b in value)):
+                raise ScheduleError("scheduler setting trained_betas is not a list of finite numbers")
+        elif not _is(value, _CONFIG_TYPES[key]):
+            raise ScheduleError(f"scheduler setting {key} = {_short_repr(value)} is not {_CONFIG_TYPES[key]}")
+    if known.get("timestep_spacing", "leading") not in TIMESTEP_SPACINGS:
+        raise ScheduleError(f"scheduler timestep_spacing {_short_repr(known['timestep_spacing'])} is not one of "
+                            + ", ".join(TIMESTEP_SPACINGS))
+    if known.get("prediction_type", "epsilon") not in PREDICTION_TYPES:
+        raise ScheduleError(f"scheduler prediction_type {_short_repr(known['prediction_type'])} is not one of "
+                            + ", ".join(PREDICTION_TYPES))
+    if not 2 <= known.get("num_train_timesteps", 1000) <= 100_000 or not 0 <= known.get("steps_offset", 0) < 1000:
+        raise ScheduleError("scheduler num_train_timesteps must be 2…100000 and steps_offset 0…999")
+    return known
+
+
+def _short_repr(value, n: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _ddim_scheduler(config: dict):
+    """diffusers' DDIMScheduler for a checked config, built without its log lines; ScheduleError if it refuses."""
+    import logging
+    import warnings
+
     from diffusers import DDIMScheduler
 
-    sched = DDIMScheduler.from_config(scheduler_config)
-    sched.set_timesteps(num_steps)
-    timesteps = sched.timesteps.flip(0).long()  # diffusers gives them descending
+    known = check_scheduler_config(config)
+    logger = logging.getLogger("diffusers")
+    level = logger.level
+    try:
+        logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return DDIMScheduler.from_config(known)
+    except Exception as e:  # noqa: BLE001 - diffusers raises NotImplementedError, ValueError, TypeError…
+        raise ScheduleError(f"diffusers' DDIMScheduler refuses the scheduler config: {_first_line(e)}") from None
+    finally:
+        logger.setLevel(level)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return _short_repr(text.splitlines()[0], 120)[1:-1] if text else type(e).__name__
+
+
+def _timesteps(sched, num_steps: int) -> torch.Tensor | None:
+    """diffusers' DDIM timesteps for num_steps, or None if they do not fit the training timesteps."""
+    try:
+        sched.set_timesteps(num_steps)
+    except (ValueError, IndexError, RuntimeError, ZeroDivisionError):
+        return None
+    t = sched.timesteps
+    if t.numel() != num_steps or int(t.min()) < 0 or int(t.max()) >= sched.config.num_train_timesteps:
+        return None  # e.g. "leading" spacing with steps_offset 1 at T = num_train_timesteps reaches index T
+    return t
+
+
+def make_schedule(scheduler_config: dict, num_steps: int) -> Schedule:
+    """The DDIM schedule of a model's scheduler config, with its timestep spacing and final ᾱ.
+
+    Raises ScheduleError (one line) for a config diffusers cannot use or more steps than it allows.
+    """
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+        raise ScheduleError(f"the number of DDIM steps must be a whole number ≥ 1, got {_short_repr(num_steps)}")
+    sched = _ddim_scheduler(scheduler_config)
+    found = _timesteps(sched, num_steps)
+    if found is None:
+        n, spacing = int(sched.config.num_train_timesteps), sched.config.timestep_spacing
+        fits = next((k for k in range(min(num_steps, n), max(0, min(num_steps, n) - 1000), -1)
+                     if _timesteps(sched, k) is not None), None)
+        raise ScheduleError(f"{num_steps} DDIM steps do not fit this model's scheduler ({n} training timesteps, "
+                            f"{spacing} spacing, steps_offset {sched.config.steps_offset})"
+                            + (f" — use e.g. --steps {fits}" if fits else " — check its settings"))
+    timesteps = found.flip(0).long()  # diffusers gives them descending
     ac = sched.alphas_cumprod.double()
     alphas = torch.cat([torch.tensor([float(sched.final_alpha_cumprod)], dtype=torch.float64), ac[timesteps]])
+    if not (torch.isfinite(alphas).all() and (alphas > 0).all() and (alphas <= 1).all()):
+        raise ScheduleError("the scheduler config gives ᾱ outside (0, 1] — check its beta_start, beta_end and betas")
     return Schedule(timesteps, alphas, sched.config.prediction_type)
 
 

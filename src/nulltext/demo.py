@@ -20,6 +20,7 @@ from nulltext.inversion import InversionConfig, invert
 from nulltext.inversion_file import save_inversion
 from nulltext.metrics import psnr
 from nulltext.model import Model
+from nulltext.outputs import check_outputs
 from nulltext.prompt_to_prompt import EditConfig
 
 DEMO_PHOTO = Path(__file__).parent / "bundled" / "photo.png"
@@ -61,10 +62,7 @@ def run_demo(model: Model, out_dir: Path, force: bool = False, quiet: bool = Fal
     """Invert the bundled photo, reconstruct it, run the demo edits, write a labelled grid."""
     out_dir = Path(out_dir)
     grid_path, nti_path = out_dir / "demo_grid.png", out_dir / "demo.nti"
-    if not force:
-        for p in (grid_path, nti_path):
-            if p.exists():
-                raise FileExistsError(f"{p} exists — pass --force to overwrite it")
+    check_outputs([grid_path, nti_path], force=force)  # before the work: exists, a folder, not writable
     prompt = read_png_metadata(DEMO_PHOTO)["caption"]
     photo = load_image(DEMO_PHOTO, model.default_size)
     config = InversionConfig()
@@ -78,7 +76,7 @@ def run_demo(model: Model, out_dir: Path, force: bool = False, quiet: bool = Fal
                        photo=torch.from_numpy(np.asarray(photo.image).copy()), crop_box=photo.crop_box,
                        source_path=DEMO_PHOTO.name)
     bar.close()
-    save_inversion(inversion, nti_path)
+    save_inversion(inversion, nti_path, force=force, keep_both=True)
     rec = to_pil(reconstruct(model, inversion))[0]
     vae_only = to_pil(model.decode_latents(model.encode_image(to_tensor(photo.image))))[0]
     images, labels = [photo.image, rec], ["photo: " + prompt, "reconstruction"]
@@ -87,6 +85,6 @@ def run_demo(model: Model, out_dir: Path, force: bool = False, quiet: bool = Fal
         images.append(to_pil(result.images[1:])[0])
         labels.append(f"{e.label}: {e.target}")
     meta = {"caption": prompt, "model": model.source, "model_identity": model.identity}
-    save_png(make_grid(images, labels, columns=3), grid_path, meta, force=True)
+    save_png(make_grid(images, labels, columns=3), grid_path, meta, force=force, keep_both=True)
     return DemoResult(grid_path, nti_path, psnr(rec, photo.image), psnr(vae_only, photo.image), inversion.wall_time,
                       [grid_path, nti_path])

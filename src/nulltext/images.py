@@ -9,15 +9,18 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import secrets
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
+
+from nulltext.outputs import publish
 
 MIN_IMAGE_SIDE = 8
 GRID_PADDING = 4
@@ -64,6 +67,16 @@ def _target_size(size: int | Size) -> Size:
     return (pair[0], pair[1])
 
 
+@contextlib.contextmanager
+def _pillow_warnings_silenced() -> Iterator[None]:
+    """Pillow's warnings about photos it reads anyway (corrupt EXIF tags, truncated metadata, a large
+    but allowed image: DecompressionBombWarning) are not the user's business: the photo is used. An
+    image beyond Pillow's limit raises DecompressionBombError, which `_decode` makes a one-line ImageError."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def _decode(path: str | os.PathLike[str]) -> Image.Image:
     """Open ``path`` with PIL and decode all its pixels, turning every failure into an ImageError."""
     fix = "pass a PNG/JPEG/WebP photo"
@@ -72,7 +85,7 @@ def _decode(path: str | os.PathLike[str]) -> Image.Image:
     try:
         if os.path.getsize(path) == 0:
             raise _image_error(path, "file is empty", fix)
-        with Image.open(path) as opened:
+        with _pillow_warnings_silenced(), Image.open(path) as opened:
             opened.load()
         return opened
     except ImageError:
@@ -92,7 +105,8 @@ def _decode(path: str | os.PathLike[str]) -> Image.Image:
 def _oriented(path: str, image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation of ``image`` read from ``path``, so pixels are upright."""
     try:
-        return ImageOps.exif_transpose(image)
+        with _pillow_warnings_silenced():
+            return ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, KeyError, TypeError, IndexError, struct.error):
         raise _image_error(path, "its EXIF metadata is corrupt", "re-save the photo without metadata") from None
 
@@ -174,7 +188,8 @@ def load_image(path: str | os.PathLike[str], size: int | Size, crop: Box | None 
             f"image is too small ({width}x{height} px)",
             f"pass a photo of at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} px",
         )
-    rgb = to_rgb(original)
+    with _pillow_warnings_silenced():  # e.g. "Palette images with Transparency expressed in bytes…"
+        rgb = to_rgb(original)
     box = centre_crop_box(width, height, target) if crop is None else _checked_crop(name, crop, width, height)
     cropped = rgb.crop(box) if box != (0, 0, width, height) else rgb
     resized = cropped if cropped.size == target else cropped.resize(target, Image.Resampling.LANCZOS)
@@ -212,50 +227,26 @@ def _png_info(metadata: dict[str, str] | None) -> PngInfo:
     return info
 
 
-def _exists_error(target: Path) -> FileExistsError:
-    """The refusal to overwrite an existing output file."""
-    return FileExistsError(_one_line(f"'{target}' exists; pass --force to overwrite"))
-
-
-def _publish(temp: Path, target: Path, force: bool) -> None:
-    """Move the finished ``temp`` file to ``target`` atomically, refusing to clobber unless forced."""
-    if force:
-        os.replace(temp, target)
-        return
-    try:
-        os.link(temp, target)
-    except FileExistsError:
-        raise _exists_error(target) from None
-    except OSError:
-        if target.exists():
-            raise _exists_error(target) from None
-        os.replace(temp, target)
-
-
 def save_png(
     image: Image.Image,
     path: str | os.PathLike[str],
     metadata: dict[str, str] | None = None,
     force: bool = False,
+    keep_both: bool = False,
 ) -> Path:
-    """Write ``image`` as a PNG with ``metadata`` text chunks, atomically, and return its path."""
-    target = Path(path)
-    if target.exists() and not force:
-        raise _exists_error(target)
+    """Write ``image`` as a PNG with ``metadata`` text chunks, atomically, and return its path.
+
+    Never replaces an existing file unless ``force``; ``keep_both`` as in :func:`nulltext.outputs.publish`.
+    """
     info = _png_info(metadata)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(descriptor, "wb") as handle:
+
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as handle:
             image.save(handle, format="PNG", pnginfo=info)
             handle.flush()
             os.fsync(handle.fileno())
-        _publish(temp, target, force)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-    return target
+
+    return publish(path, write, force=force, keep_both=keep_both)
 
 
 def read_png_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -5,17 +5,18 @@ Tensors: `latent_T` (1,C,h,w), `null_embeddings` (T,tokens,dim), optionally `piv
 and `nulltext` = JSON of everything else (prompt, settings, scheduler config, sizes, crop, model
 source and identity, per-step losses and iterations, wall time, nulltext version).
 
-Writes are atomic (temporary file in the same folder, then rename): an interrupted run never leaves
-a half-written file and never destroys the previous one. Loading checks the format, the version, the
-shapes, and — given a model — that it is the model the file was made with.
+Writes are atomic and exclusive (`outputs.publish`): an interrupted run never leaves a half-written
+file and never destroys the previous one. Loading checks the format, the version, every header
+field's type and range, every tensor's dtype, shape and values against the header, the schedule
+diffusers makes of the scheduler config, and — given a model — that it is the model the file was
+made with and that the latent, image size and embeddings fit it; all before anything is sampled.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
+import math
 from pathlib import Path
 
 import torch
@@ -23,8 +24,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from nulltext import __version__
+from nulltext.ddim import ScheduleError, make_schedule
 from nulltext.inversion import Inversion, InversionConfig
 from nulltext.model import Model
+from nulltext.outputs import publish
 
 FORMAT = "nulltext-inversion"
 FORMAT_VERSION = 1
@@ -35,29 +38,20 @@ class InversionFileError(ValueError):
     """A missing, corrupt, foreign or mismatched inversion file; one line saying what and how to fix."""
 
 
-def atomic_write(path: Path, write) -> Path:
-    """Call write(tmp_path) on a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file, not mkstemp's 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+MAX_IMAGE_SIDE = 1 << 16
+_DTYPES = ("", "float32", "float16", "bfloat16")
+_REINVERT = "re-run `nulltext invert`"
 
 
-def save_inversion(inversion: Inversion, path: str | Path, force: bool = True) -> Path:
-    """Write the inversion to one .safetensors file, atomically."""
+def atomic_write(path: Path, write, force: bool = True, keep_both: bool = False) -> Path:
+    """Call write(tmp_path) on a temporary file beside `path`, then move it into place (see `outputs.publish`)."""
+    return publish(path, write, force=force, keep_both=keep_both)
+
+
+def save_inversion(inversion: Inversion, path: str | Path, force: bool = True, keep_both: bool = False) -> Path:
+    """Write the inversion to one .safetensors file, atomically; checked first, so a file that saves also loads."""
     path = Path(path)
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} exists — pass --force to overwrite it")
+    check_inversion(inversion)
     tensors = {name: getattr(inversion, name) for name in _TENSORS if getattr(inversion, name) is not None}
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}  # no shared storage
     header = {
@@ -76,76 +70,242 @@ def save_inversion(inversion: Inversion, path: str | Path, force: bool = True) -
         "nulltext_version": __version__,
     }
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "nulltext": json.dumps(header)}
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return publish(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), force=force, keep_both=keep_both)
 
 
 def load_inversion(path: str | Path, model: Model | None = None) -> Inversion:
-    """Read and validate an inversion file; with `model`, also check it is the model it was made with."""
+    """Read and validate an inversion file; with `model`, also check it is the model it was made with.
+
+    Every header field's type and range and every tensor's dtype, shape and values are checked
+    against each other (and against `model`) before anything is sampled: anything else raises
+    InversionFileError, one line.
+    """
     path = Path(path)
     if not path.is_file():
         raise InversionFileError(f"no inversion file at '{path}' — make one with `nulltext invert PHOTO --prompt ...`")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys() if k in _TENSORS}
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for bad files
         raise InversionFileError(f"'{path}' is not a readable inversion file (corrupt or not safetensors: "
-                                 f"{str(e).splitlines()[0][:100]}) — re-run `nulltext invert`") from None
+                                 f"{_first_line(e)}) — {_REINVERT}") from None
     if metadata.get("format") != FORMAT:
         raise InversionFileError(f"'{path}' is a safetensors file but not a nulltext inversion — "
                                  "pass a file written by `nulltext invert`")
     if metadata.get("format_version") != str(FORMAT_VERSION):
-        raise InversionFileError(f"'{path}' has inversion format version {metadata.get('format_version')}, this "
-                                 f"nulltext reads version {FORMAT_VERSION} — re-run `nulltext invert` with this version")
-    try:
-        h = json.loads(metadata["nulltext"])
-        known = {f.name for f in dataclasses.fields(InversionConfig)}
-        config = InversionConfig(**{k: v for k, v in h["config"].items() if k in known})
-        inversion = Inversion(
-            latent_T=tensors["latent_T"], null_embeddings=tensors["null_embeddings"], prompt=h["prompt"],
-            config=config, scheduler_config=h["scheduler_config"], image_size=tuple(h["image_size"]),
-            model_source=h["model_source"], model_identity=h["model_identity"], photo=tensors.get("photo"),
-            crop_box=tuple(h["crop_box"]) if h.get("crop_box") else None, source_path=h.get("source_path"),
-            losses=h.get("losses", []), inner_iterations=h.get("inner_iterations", []),
-            wall_time=h.get("wall_time", 0.0), model_dtype=h.get("model_dtype", ""), pivot=tensors.get("pivot"), corrections=tensors.get("corrections"),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise InversionFileError(f"'{path}' has a damaged nulltext header ({type(e).__name__}: {e}) — "
-                                 "re-run `nulltext invert`") from None
-    _check_shapes(inversion, path)
+        raise InversionFileError(f"'{path}' has inversion format version {str(metadata.get('format_version'))[:20]}, "
+                                 f"this nulltext reads version {FORMAT_VERSION} — {_REINVERT} with this version")
+    inversion = _from_header(metadata.get("nulltext"), tensors, f"'{path}'")
+    check_inversion(inversion, path)
     if model is not None:
         check_model(inversion, model, path)
     return inversion
 
 
-def _check_shapes(inv: Inversion, path: Path) -> None:
+# ---------------------------------------------------------------------------------------------
+# The header, field by field
+
+
+class _Bad(Exception):
+    """One header field that is missing or of the wrong type (internal; becomes InversionFileError)."""
+
+
+def _get(h: dict, key: str, kind, default=_Bad, what: str = ""):
+    if key not in h:
+        if default is _Bad:
+            raise _Bad(f"has no {key!r}")
+        return default
+    value = h[key]
+    ok = kind(value) if callable(kind) and not isinstance(kind, type) else isinstance(value, kind)
+    if not ok or (isinstance(value, bool) and kind in (int, (int, float))):
+        raise _Bad(f"{key} is {_short(value)}, not {what or getattr(kind, '__name__', 'valid')}")
+    return value
+
+
+def _text(value) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")  # JSON can carry lone surrogates, which the tokenizer cannot read
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _ints(n: int | None, low: int):
+    def check(value) -> bool:
+        return (isinstance(value, list) and (n is None or len(value) == n)
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in value))
+    return check
+
+
+def _from_header(raw, tensors: dict[str, torch.Tensor], where: str) -> Inversion:
+    """Build the Inversion from the header JSON and tensors, checking each field's type."""
+    try:
+        if not isinstance(raw, str):
+            raise _Bad("has no nulltext header")
+        try:
+            h = json.loads(raw)
+        except (ValueError, RecursionError) as e:
+            raise _Bad(f"is not JSON ({_first_line(e)})") from None
+        if not isinstance(h, dict):
+            raise _Bad("is not a JSON object")
+        raw_config = _get(h, "config", dict, what="a JSON object")
+        known = {f.name for f in dataclasses.fields(InversionConfig)}
+        try:
+            config = InversionConfig(**{k: v for k, v in raw_config.items() if k in known})  # checks itself
+        except (TypeError, ValueError) as e:
+            raise _Bad(f"has invalid settings: {_first_line(e)}") from None
+        missing = [k for k in ("latent_T", "null_embeddings") if k not in tensors]
+        if missing:
+            raise _Bad(f"has no {missing[0]} tensor")
+        crop = _get(h, "crop_box", lambda v: v is None or _ints(4, 0)(v), None, "four whole numbers ≥ 0")
+        return Inversion(
+            latent_T=tensors["latent_T"], null_embeddings=tensors["null_embeddings"],
+            prompt=_get(h, "prompt", _text, what="a UTF-8 string"), config=config,
+            scheduler_config=_get(h, "scheduler_config", dict, what="a JSON object"),
+            image_size=tuple(_get(h, "image_size", _ints(2, 1), what="two whole numbers ≥ 1")),
+            model_source=_get(h, "model_source", _text, "", "a string"),
+            model_identity=_get(h, "model_identity", _text, "", "a string"),
+            photo=tensors.get("photo"), crop_box=tuple(crop) if crop else None,
+            source_path=_get(h, "source_path", lambda v: v is None or _text(v), None, "a string"),
+            losses=_get(h, "losses", lambda v: isinstance(v, list) and all(_finite(x) for x in v), [],
+                        "a list of finite numbers"),
+            inner_iterations=_get(h, "inner_iterations", _ints(None, 0), [], "a list of whole numbers ≥ 0"),
+            wall_time=float(_get(h, "wall_time", lambda v: _finite(v) and v >= 0, 0.0, "a number ≥ 0")),
+            model_dtype=_get(h, "model_dtype", lambda v: v in _DTYPES, "", "one of " + ", ".join(_DTYPES[1:])),
+            pivot=tensors.get("pivot"), corrections=tensors.get("corrections"),
+        )
+    except _Bad as e:
+        raise InversionFileError(f"{where} has a damaged nulltext header: it {e} — {_REINVERT}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Consistency: of the inversion with itself, and with a model
+
+
+def check_inversion(inv: Inversion, path: str | Path | None = None) -> None:
+    """Raise InversionFileError unless the inversion's settings, schedule, tensors and sizes agree.
+
+    Used on every load, before every save, and (through `check_model`) before sampling from an
+    Inversion built in code.
+    """
+    where = f"'{path}'" if path is not None else "the inversion"
+    problem = _inconsistency(inv)
+    if problem:
+        raise InversionFileError(f"{where} is inconsistent: {problem} — {_REINVERT}")
+
+
+def _tensor_problem(name: str, t, ndim: int, floating: bool = True) -> str | None:
+    if not isinstance(t, torch.Tensor):
+        return f"{name} is a {type(t).__name__}, not a tensor"
+    if floating and not t.is_floating_point():
+        return f"{name} has dtype {str(t.dtype).removeprefix('torch.')}, not a float type"
+    if t.ndim != ndim or 0 in t.shape:
+        return f"{name} has shape {tuple(t.shape)}, expected {ndim} non-empty dimensions"
+    if floating and not torch.isfinite(t).all():
+        return f"{name} holds NaN or infinite values"
+    return None
+
+
+def _inconsistency(inv: Inversion) -> str | None:
+    """The first thing in `inv` that does not fit the rest, or None."""
+    try:
+        InversionConfig(**dataclasses.asdict(inv.config))  # its own checks again: fields can be set after construction
+    except (TypeError, ValueError) as e:
+        return f"its settings are invalid: {_first_line(e)}"
     T = inv.config.num_steps
-    problems = []
-    if inv.latent_T.ndim != 4 or inv.latent_T.shape[0] != 1:
-        problems.append(f"latent_T has shape {tuple(inv.latent_T.shape)}, expected (1, C, h, w)")
-    if inv.null_embeddings.ndim != 3 or inv.null_embeddings.shape[0] != T:
-        problems.append(f"null_embeddings has shape {tuple(inv.null_embeddings.shape)}, expected ({T}, tokens, dim)")
-    if inv.pivot is not None and (inv.pivot.shape[0] != T + 1 or inv.pivot.shape[1:] != inv.latent_T.shape[1:]):
-        problems.append(f"pivot has shape {tuple(inv.pivot.shape)}, expected ({T + 1}, {tuple(inv.latent_T.shape[1:])})")
-    if inv.config.method == "direct" and (inv.corrections is None or inv.corrections.shape[0] != T):
-        problems.append("a direct inversion needs its per-step corrections")
-    if problems:
-        raise InversionFileError(f"'{path}' is inconsistent: {problems[0]} — re-run `nulltext invert`")
+    if not _text(inv.prompt):
+        return "its prompt is not a UTF-8 string"
+    try:
+        make_schedule(inv.scheduler_config, T)
+    except ScheduleError as e:
+        return f"its scheduler config is unusable: {_first_line(e)}"
+    size = tuple(inv.image_size)
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMAGE_SIDE
+                                 for v in size):
+        return f"its image size {_short(inv.image_size)} is not two whole numbers 1…{MAX_IMAGE_SIDE}"
+    W, H = size
+    for name, t, ndim in (("latent_T", inv.latent_T, 4), ("null_embeddings", inv.null_embeddings, 3),
+                          ("pivot", inv.pivot, 4), ("corrections", inv.corrections, 4)):
+        if t is not None or name in ("latent_T", "null_embeddings"):
+            problem = _tensor_problem(name, t, ndim)
+            if problem:
+                return problem
+    latent = tuple(inv.latent_T.shape)
+    if latent[0] != 1:
+        return f"latent_T has shape {latent}, expected (1, C, h, w)"
+    C, h, w = latent[1:]
+    if inv.null_embeddings.shape[0] != T:
+        return f"null_embeddings has shape {tuple(inv.null_embeddings.shape)}, expected ({T}, tokens, dim) for {T} steps"
+    if inv.pivot is not None and tuple(inv.pivot.shape) != (T + 1, C, h, w):
+        return f"pivot has shape {tuple(inv.pivot.shape)}, expected {(T + 1, C, h, w)}"
+    if inv.config.method == "direct" and inv.corrections is None:
+        return "a direct inversion needs its per-step corrections"
+    if inv.corrections is not None and inv.config.method != "direct":
+        return f"it stores corrections, which only a direct inversion has, but its method is {inv.config.method}"
+    if inv.corrections is not None and tuple(inv.corrections.shape) != (T, C, h, w):
+        return f"corrections has shape {tuple(inv.corrections.shape)}, expected {(T, C, h, w)}"
+    factor = W // w
+    if W % w or H % h or H // h != factor or factor & (factor - 1):
+        return f"its latent of {w}x{h} does not match its image size {W}x{H} (the VAE scales by a power of 2)"
+    if inv.photo is not None:
+        photo = inv.photo
+        if not isinstance(photo, torch.Tensor) or photo.dtype != torch.uint8 or tuple(photo.shape) != (H, W, 3):
+            shape = tuple(photo.shape) if isinstance(photo, torch.Tensor) else type(photo).__name__
+            return f"its photo is {shape} {getattr(photo, 'dtype', '')}, expected ({H}, {W}, 3) uint8"
+    for name, values in (("losses", inv.losses), ("inner_iterations", inv.inner_iterations)):
+        if len(values) not in (0, T):
+            return f"it has {len(values)} {name.replace('_', ' ')} for {T} steps"
+    if inv.crop_box is not None and len(tuple(inv.crop_box)) != 4:
+        return f"its crop box {_short(inv.crop_box)} is not four numbers"
+    return None
 
 
-def check_model(inv: Inversion, model: Model, path: str | Path = "the inversion") -> None:
-    """Refuse to replay an inversion on a model other than the one it was made with."""
-    if inv.model_identity == "":
-        return
-    if inv.model_identity != model.identity:
+def check_model(inv: Inversion, model: Model, path: str | Path | None = None) -> None:
+    """Refuse to replay an inversion on a model other than the one it was made with, or that it does not fit."""
+    where = f"'{path}'" if path is not None else "the inversion"
+    check_inversion(inv, path)
+    if inv.model_identity and inv.model_identity != model.identity:
         raise InversionFileError(
-            f"'{path}' was made with model {inv.model_source!r} (weights {inv.model_identity}), not with "
+            f"{where} was made with model {inv.model_source!r} (weights {inv.model_identity}), not with "
             f"{model.source!r} (weights {model.identity}) — pass --model {inv.model_source!r} or re-invert"
         )
+    C, h, w = inv.latent_T.shape[1:]
+    W, H = inv.image_size
+    f, m = model.vae_scale_factor, model.size_multiple
     tokens, dim = inv.null_embeddings.shape[1:]
-    if (tokens, dim) != (model.max_tokens, model.text_encoder.config.hidden_size):
-        raise InversionFileError(f"'{path}' has null embeddings of {tokens}×{dim}, the model's text encoder "
-                                 f"gives {model.max_tokens}×{model.text_encoder.config.hidden_size}")
+    hidden = model.text_encoder.config.hidden_size
+    problem = None
+    if C != model.latent_channels:
+        problem = f"its latent has {C} channels, the model's UNet takes {model.latent_channels}"
+    elif (W, H) != (w * f, h * f):
+        problem = f"its latent of {w}x{h} is not its image size {W}x{H} / {f}, the model's VAE factor"
+    elif W % m or H % m:
+        problem = f"its image size {W}x{H} is not a multiple of {m}, which this model needs"
+    elif (tokens, dim) != (model.max_tokens, hidden):
+        problem = f"its null embeddings are {tokens}×{dim}, the model's text encoder gives {model.max_tokens}×{hidden}"
+    elif make_schedule(inv.scheduler_config, inv.config.num_steps).prediction_type != \
+            model.scheduler_config.get("prediction_type", "epsilon"):
+        problem = "its scheduler's prediction type differs from the model's"
+    if problem:
+        raise InversionFileError(f"{where} does not fit model {model.source!r}: {problem} — "
+                                 f"{_REINVERT} with this model")
+
+
+def _short(value, n: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return " ".join(text.splitlines()[0].split())[:120] if text else type(e).__name__
 
 
 def _jsonable(config: dict) -> dict:
