@@ -80,12 +80,12 @@ def rewrite(source: Path, target: Path, header=None, tensors=None) -> Path:
     """A copy of an .nti file with its header JSON and/or tensors changed by the given functions."""
     with safe_open(str(source), "pt") as f:
         meta, ts = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
-    h = json.loads(meta["nulltext"])
+    h = json.loads(meta["nulltext.header"])
     if header:
         header(h)
     if tensors:
         tensors(ts)
-    meta["nulltext"] = json.dumps(h)
+    meta["nulltext.header"] = json.dumps(h)
     save_file({k: v.contiguous() for k, v in ts.items()}, str(target), metadata=meta)
     return target
 

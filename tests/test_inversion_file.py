@@ -89,15 +89,33 @@ def test_interrupted_write_keeps_the_old_file(inversion, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.nti"]
 
 
-def test_header_is_plain_json(inversion, tmp_path):
+def test_header_is_plain_json_under_namespaced_keys(inversion, tmp_path):
     from safetensors import safe_open
 
     path = save_inversion(inversion, tmp_path / "x.nti")
     with safe_open(str(path), "pt") as f:
-        header = json.loads(f.metadata()["nulltext"])
+        metadata = f.metadata()
+    assert metadata["format"] == "pt"  # the framework tag Hugging Face tools read stays theirs
+    assert metadata["nulltext.format"] == "nulltext-inversion" and metadata["nulltext.format_version"] == "1"
+    header = json.loads(metadata["nulltext.header"])
     assert header["prompt"] == inversion.prompt
     assert header["config"]["guidance_scale"] == 7.5 and header["config"]["num_steps"] == 8
     assert len(header["losses"]) == 8 and header["model_identity"] == inversion.model_identity
+
+
+def test_files_of_nulltext_0_1_0_are_still_read(inversion, tmp_path, tiny):
+    """The first format kept its header under the plain keys `format`, `format_version` and `nulltext`."""
+    from safetensors import safe_open
+
+    path = save_inversion(inversion, tmp_path / "new.nti")
+    with safe_open(str(path), "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    old = tmp_path / "old.nti"
+    save_file(tensors, str(old), metadata={"format": "nulltext-inversion", "format_version": "1",
+                                           "nulltext": metadata["nulltext.header"]})
+    loaded = load_inversion(old, tiny)
+    assert loaded.prompt == inversion.prompt and torch.equal(loaded.null_embeddings, inversion.null_embeddings)
+    assert torch.equal(reconstruct(tiny, loaded), reconstruct(tiny, load_inversion(path, tiny)))
 
 
 def test_library_refuses_to_replay_on_another_model(inversion, tiny_v_dir):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-import math
 from typing import Callable, Literal, get_args
 
 import torch
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from nulltext.ddim import Schedule, ddim_inverse_step, ddim_step, guided, make_schedule, sample
 from nulltext.model import Model
 from nulltext.sampling import guided_prediction
+from nulltext.settings import SettingsError, check_finite, check_flag, check_whole
 
 Method = Literal["null-text", "ddim", "negative-prompt", "direct"]
 
@@ -52,18 +52,19 @@ class InversionConfig:
     def __post_init__(self) -> None:
         """Refuse settings no inversion can run with; the CLI and the library say the same."""
         if self.method not in get_args(Method):
-            raise ValueError(f"unknown inversion method {self.method!r} — use one of {', '.join(get_args(Method))}")
-        _check_whole(self.num_steps, "steps", 1)
-        _check_whole(self.inner_steps, "inner steps", 0)
+            raise SettingsError(f"unknown inversion method {self.method!r} — use one of {', '.join(get_args(Method))}")
+        check_whole(self.num_steps, "steps", 1)
+        check_whole(self.inner_steps, "inner steps", 0)
         for name, value in (("guidance", self.guidance_scale), ("pivot guidance", self.pivot_guidance_scale)):
-            _check_finite_number(value, name)
-        _check_finite_number(self.learning_rate, "lr")
+            check_finite(value, name)
+        check_finite(self.learning_rate, "lr", "1e-2")
         if self.learning_rate <= 0:
-            raise ValueError(f"lr {self.learning_rate} must be positive — use e.g. 1e-2")
+            raise SettingsError(f"lr {self.learning_rate} must be positive — use e.g. 1e-2")
         for name, value in (("early stop", self.early_stop), ("early stop growth", self.early_stop_growth)):
-            _check_finite_number(value, name)
+            check_finite(value, name, "1e-5")
             if value < 0:
-                raise ValueError(f"{name} {value} must be ≥ 0")
+                raise SettingsError(f"{name} {value} must be ≥ 0")
+        check_flag(self.keep_pivot, "keep pivot")
 
     def learning_rate_at(self, k: int) -> float:
         """lr at outer step k = 0 … T−1: the paper's 1e-2 · (1 − k/100) for T = 50, as 1 − k/(2T)."""
@@ -71,16 +72,6 @@ class InversionConfig:
 
     def threshold_at(self, k: int) -> float:
         return self.early_stop + k * self.early_stop_growth
-
-
-def _check_whole(value, name: str, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} {value!r} must be a whole number ≥ {low}")
-
-
-def _check_finite_number(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} {value!r} must be a finite number, e.g. 7.5")
 
 
 @dataclass

@@ -1,9 +1,12 @@
 """The inversion file: one .safetensors file, tensors plus a JSON header.
 
 Tensors: `latent_T` (1,C,h,w), `null_embeddings` (T,tokens,dim), optionally `pivot` (T+1,C,h,w),
-`photo` (H,W,3) uint8 and, for direct inversion, `corrections` (T,C,h,w). The header metadata holds `format` = "nulltext-inversion", `format_version`
-and `nulltext` = JSON of everything else (prompt, settings, scheduler config, sizes, crop, model
-source and identity, per-step losses and iterations, wall time, nulltext version).
+`photo` (H,W,3) uint8 and, for direct inversion, `corrections` (T,C,h,w). The header metadata holds
+namespaced keys `nulltext.format` = "nulltext-inversion", `nulltext.format_version` and
+`nulltext.header` = JSON of everything else (prompt, settings, scheduler config, sizes, crop, model
+source and identity, per-step losses and iterations, wall time, nulltext version), and `format` = "pt",
+the framework tag Hugging Face tools read. Files of nulltext 0.1.0, which used the plain keys
+`format`, `format_version` and `nulltext`, are still read.
 
 Writes are atomic and exclusive (`outputs.publish`): an interrupted run never leaves a half-written
 file and never destroys the previous one. Loading checks the format, the version, every header
@@ -69,8 +72,18 @@ def save_inversion(inversion: Inversion, path: str | Path, force: bool = True, k
         "wall_time": inversion.wall_time,
         "nulltext_version": __version__,
     }
-    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "nulltext": json.dumps(header)}
+    metadata = {"format": "pt", "nulltext.format": FORMAT, "nulltext.format_version": str(FORMAT_VERSION),
+                "nulltext.header": json.dumps(header)}
     return publish(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), force=force, keep_both=keep_both)
+
+
+def _header_keys(metadata: dict[str, str]) -> tuple[str, str] | None:
+    """(version key, header key) of a nulltext file: namespaced, or nulltext 0.1.0's plain keys; else None."""
+    if metadata.get("nulltext.format") == FORMAT:
+        return "nulltext.format_version", "nulltext.header"
+    if metadata.get("format") == FORMAT:
+        return "format_version", "nulltext"
+    return None
 
 
 def load_inversion(path: str | Path, model: Model | None = None) -> Inversion:
@@ -90,13 +103,15 @@ def load_inversion(path: str | Path, model: Model | None = None) -> Inversion:
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for bad files
         raise InversionFileError(f"'{path}' is not a readable inversion file (corrupt or not safetensors: "
                                  f"{_first_line(e)}) — {_REINVERT}") from None
-    if metadata.get("format") != FORMAT:
+    keys = _header_keys(metadata)
+    if keys is None:
         raise InversionFileError(f"'{path}' is a safetensors file but not a nulltext inversion — "
                                  "pass a file written by `nulltext invert`")
-    if metadata.get("format_version") != str(FORMAT_VERSION):
-        raise InversionFileError(f"'{path}' has inversion format version {str(metadata.get('format_version'))[:20]}, "
+    version_key, header_key = keys
+    if metadata.get(version_key) != str(FORMAT_VERSION):
+        raise InversionFileError(f"'{path}' has inversion format version {str(metadata.get(version_key))[:20]}, "
                                  f"this nulltext reads version {FORMAT_VERSION} — {_REINVERT} with this version")
-    inversion = _from_header(metadata.get("nulltext"), tensors, f"'{path}'")
+    inversion = _from_header(metadata.get(header_key), tensors, f"'{path}'")
     check_inversion(inversion, path)
     if model is not None:
         check_model(inversion, model, path)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from nulltext.attention import to_latent_grid
+from nulltext.settings import SettingsError, check_fraction, check_whole
 from nulltext.token_alignment import (
     PromptMismatchError,
     refine_alignment,
@@ -71,29 +72,35 @@ class EditConfig:
     def __post_init__(self) -> None:
         """Refuse settings no edit can run with; the CLI and the library say the same."""
         if self.mode not in get_args(Mode):
-            raise ValueError(f"unknown edit mode {self.mode!r} — use auto, replace or refine")
+            raise SettingsError(f"unknown edit mode {self.mode!r} — use auto, replace or refine")
         if self.blend_mask_combine not in get_args(MaskCombine):
-            raise ValueError(f"unknown mask combination {self.blend_mask_combine!r} — use union or intersection")
+            raise SettingsError(f"unknown mask combination {self.blend_mask_combine!r} — use union or intersection")
         step_window(self.cross_replace, 1)
         step_window(self.self_replace, 1)
         for window in self.word_cross_replace.values():
             step_window(window, 1)
         for name, value in (("blend threshold", self.blend_threshold), ("blend start", self.blend_start),
                             ("self max fraction", self.self_max_fraction), ("blend dilation", self.blend_dilation)):
-            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-                raise ValueError(f"{name} {value!r} must be a fraction from 0 to 1")
+            check_fraction(value, name)
+        check_whole(self.self_min_pixels, "self min pixels", 0)
+        check_whole(self.blend_min_radius, "blend min radius", 0)
         for word, scale in self.reweight.items():
-            if not (isinstance(scale, (int, float)) and math.isfinite(scale)):
-                raise ValueError(f"reweight scale {scale!r} of {word!r} must be a finite number, e.g. {word}=2")
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+                raise SettingsError(f"reweight scale {scale!r} of {word!r} must be a finite number, e.g. {word}=2")
         if self.blend_mask is not None and self.blend_mask.ndim != 2:
-            raise ValueError(f"blend mask has shape {tuple(self.blend_mask.shape)}, expected (height, width)")
+            raise SettingsError(f"blend mask has shape {tuple(self.blend_mask.shape)}, expected (height, width)")
 
 
 def step_window(value: StepRange, num_steps: int) -> tuple[int, int]:
     """(first, end) sampling-step indices 0 … T of a fraction or (start, end) fractions."""
-    start, end = (0.0, value) if isinstance(value, (int, float)) else value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        start, end = 0.0, value
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        start, end = value
+    else:
+        raise SettingsError(f"step range {value!r} must be a fraction 0…1 or a (start, end) pair")
     if not 0.0 <= start <= end <= 1.0:
-        raise ValueError(f"step range {value!r} must be a fraction 0…1 or (start, end) with 0 ≤ start ≤ end ≤ 1")
+        raise SettingsError(f"step range {value!r} must be a fraction 0…1 or (start, end) with 0 ≤ start ≤ end ≤ 1")
     return int(round(start * num_steps)), int(round(end * num_steps))
 
 
@@ -293,7 +300,7 @@ def latent_mask(mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
     """A user mask (H, W) at image or latent size → (h, w) bool: a latent pixel is in if any of its image pixels is."""
     h, w = latent_hw
     if mask.shape[-2] % h or mask.shape[-1] % w or mask.shape[-2] // h != mask.shape[-1] // w:
-        raise ValueError(f"mask is {mask.shape[-1]}x{mask.shape[-2]} pixels, the photo's latent is {w}x{h} — "
+        raise SettingsError(f"mask is {mask.shape[-1]}x{mask.shape[-2]} pixels, the photo's latent is {w}x{h} — "
                          "draw the mask at the photo's size")
     f = mask.shape[-2] // h
     return F.max_pool2d(mask.float()[None, None], f, stride=f)[0, 0] > 0.5  # (h, w)

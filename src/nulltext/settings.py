@@ -1,0 +1,33 @@
+"""Checks that the settings dataclasses run in `__post_init__`, so the library and the CLI refuse alike.
+
+Each raises `SettingsError` (a ValueError) with one line naming the setting, the value and the
+allowed range, before any model work: a NaN guidance scale never reaches sampling.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+class SettingsError(ValueError):
+    """A setting outside its range; one line naming it, its value and the range."""
+
+
+def check_whole(value, name: str, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SettingsError(f"{name} {value!r} must be a whole number ≥ {low}")
+
+
+def check_finite(value, name: str, example: str = "7.5") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SettingsError(f"{name} {value!r} must be a finite number, e.g. {example}")
+
+
+def check_fraction(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise SettingsError(f"{name} {value!r} must be a fraction from 0 to 1")
+
+
+def check_flag(value, name: str) -> None:
+    if not isinstance(value, bool):
+        raise SettingsError(f"{name} {value!r} must be true or false")
