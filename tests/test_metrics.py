@@ -206,3 +206,25 @@ def test_latent_mse_accepts_arrays_and_half_precision() -> None:
 def test_latent_mse_shape_mismatch() -> None:
     with pytest.raises(ValueError, match="shapes differ"):
         latent_mse(torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 9))
+
+
+# --- torchmetrics against the hand-written implementation it replaced --------------------------
+# The expected numbers were computed by the hand-written float64 PSNR/SSIM this module had before it
+# moved to torchmetrics (commit "metrics: pin the hand-written numbers"), on these fixed images.
+
+
+def test_numbers_match_the_previous_hand_written_implementation() -> None:
+    a, s = random_rgb(21, 64), smooth_rgb(48)
+    b, t = noisy(a, 12.0, 22), noisy(s, 6.0, 23)
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[10:40, 5:50] = True
+    A, B, S, T = (Image.fromarray(v) for v in (a, b, s, t))
+    assert psnr(A, B) == pytest.approx(26.598760568707604, abs=1e-6)
+    assert psnr(S, T) == pytest.approx(32.491020547244545, abs=1e-6)
+    assert psnr(A, B, mask=mask) == pytest.approx(26.516354533504128, abs=1e-6)
+    assert ssim(A, B) == pytest.approx(0.9813213746875988, abs=1e-9)
+    assert ssim(S, T) == pytest.approx(0.730081982150964, abs=1e-9)
+    x, y = (torch.from_numpy(v).permute(2, 0, 1)[None].double() / 127.5 - 1 for v in (a, b))
+    assert psnr(x, y) == pytest.approx(26.598760568707604, abs=1e-6)
+    assert ssim(x, y) == pytest.approx(0.9813213746875988, abs=1e-9)
+    assert latent_mse(x, y) == pytest.approx(0.008753544309880816, abs=1e-15)
