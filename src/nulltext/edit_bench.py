@@ -314,10 +314,12 @@ def _plot(result: BenchResult, path: Path) -> Path:
         ax.set_xticks(range(len(types)), types, fontsize=8, rotation=15)
         ax.set_title(labels[key], fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(fontsize=6, ncol=2)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=7, frameon=False)
     n = max(result.cases_per_type.values(), default=0)
-    fig.suptitle(f"Edit benchmark ({result.dataset}, {result.model}, {n} cases per type)", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(f"Edit benchmark: {result.dataset} cases, model {result.model}, {n} per type "
+                 "(hatched: no local blend)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(names) - 1) // 4), 1, 1))
     out = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return out
