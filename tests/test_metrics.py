@@ -9,7 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from nulltext.metrics import SSIM_K1, SSIM_K2, latent_mse, psnr, ssim
+from nulltext.metrics import SSIM_K1, SSIM_K2, latent_mse, mse, psnr, ssim
+
+
+# torchmetrics converts to dB with a float32 ln 10: PSNR agrees with the exact formula to ~4e-8 relative.
+PSNR_REL = 1e-7
 
 
 def random_rgb(seed: int, size: int = 32) -> np.ndarray:
@@ -55,7 +59,7 @@ def test_psnr_constant_offset_of_ten_levels() -> None:
 def test_psnr_is_symmetric_and_works_on_greyscale() -> None:
     a = Image.fromarray(np.full((16, 16), 100, dtype=np.uint8), mode="L")
     b = Image.fromarray(np.full((16, 16), 105, dtype=np.uint8), mode="L")
-    assert psnr(a, b) == pytest.approx(20 * math.log10(255 / 5), abs=1e-9)
+    assert psnr(a, b) == pytest.approx(20 * math.log10(255 / 5), rel=PSNR_REL)
     assert psnr(b, a) == psnr(a, b)
 
 
@@ -69,8 +73,8 @@ def test_psnr_identical_is_infinite() -> None:
 def test_psnr_tensor_in_minus_one_to_one_defaults_to_range_two() -> None:
     a = torch.zeros(1, 3, 8, 8)
     b = torch.full((1, 3, 8, 8), 0.2)
-    assert psnr(a, b) == pytest.approx(10 * math.log10(4 / 0.04), abs=1e-6)  # = 20 dB
-    assert psnr(a, b, data_range=1.0) == pytest.approx(10 * math.log10(1 / 0.04), abs=1e-6)
+    assert psnr(a, b) == pytest.approx(10 * math.log10(4 / 0.04), rel=PSNR_REL)  # = 20 dB
+    assert psnr(a, b, data_range=1.0) == pytest.approx(10 * math.log10(1 / 0.04), rel=PSNR_REL)
 
 
 def test_psnr_tensor_outside_unit_range_needs_data_range() -> None:
@@ -95,7 +99,7 @@ def test_psnr_mask_ignores_edited_region() -> None:
     background = np.zeros((16, 16), dtype=bool)
     background[:, :8] = True
     value = psnr(Image.fromarray(base), Image.fromarray(edited), mask=background)
-    assert value == pytest.approx(20 * math.log10(255 / 4), abs=1e-6)
+    assert value == pytest.approx(20 * math.log10(255 / 4), rel=PSNR_REL)
     whole = psnr(Image.fromarray(base), Image.fromarray(edited))
     assert whole < value - 10
 
@@ -107,7 +111,7 @@ def test_psnr_mask_on_batched_tensors() -> None:
     b[..., 1:, :] = 0.1
     mask = torch.zeros(4, 4, dtype=torch.bool)
     mask[1:] = True
-    assert psnr(a, b, mask=mask) == pytest.approx(10 * math.log10(4 / 0.01), abs=1e-6)
+    assert psnr(a, b, mask=mask) == pytest.approx(10 * math.log10(4 / 0.01), rel=PSNR_REL)
 
 
 def test_psnr_mask_errors() -> None:
@@ -175,9 +179,11 @@ def test_ssim_small_images_work() -> None:
     a, b = random_rgb(11, 16), noisy(random_rgb(11, 16), 10.0, 12)
     value = ssim(Image.fromarray(a), Image.fromarray(b))
     assert 0.0 < value < 1.0
-    tiny_a = torch.rand(1, 3, 8, 8) * 2 - 1
-    assert ssim(tiny_a, tiny_a.clone()) == pytest.approx(1.0, abs=1e-6)  # window shrunk to 7
-    assert ssim(tiny_a, -tiny_a) < 0.5
+    smallest = torch.rand(1, 3, 11, 11) * 2 - 1  # one valid window
+    assert ssim(smallest, smallest.clone()) == pytest.approx(1.0, abs=1e-6)
+    assert ssim(smallest, -smallest) < 0.5
+    with pytest.raises(ValueError, match="too small"):  # torchmetrics' window is 11x11 for sigma 1.5
+        ssim(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
 
 
 def test_ssim_shape_mismatch() -> None:
@@ -206,3 +212,42 @@ def test_latent_mse_accepts_arrays_and_half_precision() -> None:
 def test_latent_mse_shape_mismatch() -> None:
     with pytest.raises(ValueError, match="shapes differ"):
         latent_mse(torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 9))
+
+
+# --- torchmetrics against the hand-written implementation it replaced --------------------------
+# The expected numbers were computed by the hand-written float64 PSNR/SSIM this module had before it
+# moved to torchmetrics (commit "metrics: pin the hand-written numbers"), on these fixed images.
+
+
+def test_numbers_match_the_previous_hand_written_implementation() -> None:
+    a, s = random_rgb(21, 64), smooth_rgb(48)
+    b, t = noisy(a, 12.0, 22), noisy(s, 6.0, 23)
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[10:40, 5:50] = True
+    A, B, S, T = (Image.fromarray(v) for v in (a, b, s, t))
+    assert psnr(A, B) == pytest.approx(26.598760568707604, rel=PSNR_REL)
+    assert psnr(S, T) == pytest.approx(32.491020547244545, rel=PSNR_REL)
+    assert psnr(A, B, mask=mask) == pytest.approx(26.516354533504128, rel=PSNR_REL)
+    assert ssim(A, B) == pytest.approx(0.9813213746875988, abs=1e-9)
+    assert ssim(S, T) == pytest.approx(0.730081982150964, abs=1e-9)
+    x, y = (torch.from_numpy(v).permute(2, 0, 1)[None].double() / 127.5 - 1 for v in (a, b))
+    assert psnr(x, y) == pytest.approx(26.598760568707604, rel=PSNR_REL)
+    assert ssim(x, y) == pytest.approx(0.9813213746875988, abs=1e-9)
+    assert latent_mse(x, y) == pytest.approx(0.008753544309880816, abs=1e-15)
+
+
+def test_masked_mse_and_ssim() -> None:
+    base = smooth_rgb(32)
+    edited = base.copy()
+    edited[:, 16:] = 255 - edited[:, 16:]  # right half changed
+    left = np.zeros((32, 32), dtype=bool)
+    left[:, :16] = True
+    A, B = Image.fromarray(base), Image.fromarray(edited)
+    assert mse(A, B, mask=left) == 0.0
+    assert mse(A, B) == pytest.approx(float(((base[:, 16:] / 255.0 - edited[:, 16:] / 255.0) ** 2).sum()) / base.size)
+    left_far = np.zeros((32, 32), dtype=bool)
+    left_far[:, :10] = True  # windows centred here do not reach the changed half
+    assert ssim(A, B, mask=left_far) == pytest.approx(1.0, abs=1e-9)
+    assert ssim(A, B) < 0.8
+    with pytest.raises(ValueError, match="inside the image"):
+        ssim(A, B, mask=np.pad(np.ones((1, 32), dtype=bool), ((0, 31), (0, 0))))

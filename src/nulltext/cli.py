@@ -323,6 +323,48 @@ def cmd_study(args) -> None:
         print(f"wrote {p}")
 
 
+def cmd_bench(args) -> None:
+    from nulltext import edit_bench
+    from nulltext.inversion import InversionConfig
+    from nulltext.perceptual import PerceptualConfig
+
+    out = Path(args.output)
+    _refuse_existing([out / n for n in edit_bench.OUTPUTS], args)
+    unknown = [m for m in args.methods if m not in edit_bench.METHODS]
+    if unknown:
+        raise CLIError(f"unknown method {unknown[0]!r}; choose from {', '.join(edit_bench.METHODS)}")
+    if args.images and not args.pie_bench:
+        raise CLIError("--images needs --pie-bench MAPPING_FILE")
+    model = _load_model(args)
+    config = edit_bench.BenchConfig(
+        methods=tuple(args.methods), inversion=InversionConfig(num_steps=args.steps),
+        perceptual=PerceptualConfig(lpips=args.lpips, clip=args.clip, dino=args.dino, device=str(model.device)))
+    if args.pie_bench:
+        from nulltext import pie_bench
+
+        entries = pie_bench.read_mapping(args.pie_bench, types=args.types, limit=args.limit)
+        images = args.images or Path(args.pie_bench).parent / "annotation_images"
+        cases, dataset, config.convention = pie_bench.pie_cases(entries, images, model.default_size), "PIE-Bench", "pie-bench"
+    else:
+        cases, dataset = edit_bench.make_cases(args.per_type, args.seed, model.default_size[0]), "bundled"
+    bar = _progress(args, len(cases) * len(config.methods), "bench edits")
+
+    def progress(text: str) -> None:
+        bar.set_postfix_str(text)
+        bar.update(1)
+
+    result = edit_bench.run_edit_bench(model, cases, config, progress, dataset)
+    bar.close()
+    paths = edit_bench.bench_report(result, out)
+    if not args.quiet:
+        print(edit_bench.markdown_table(result))
+    for name, why in result.skipped.items():
+        print(f"{name}: skipped — {why}")
+    for p in paths:
+        print(f"wrote {p}")
+    print(f"{len(cases)} cases × {len(config.methods)} methods in {result.seconds / 60:.1f} min")
+
+
 def cmd_demo(args) -> None:
     from nulltext.demo import run_demo
 
@@ -417,6 +459,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoints", help="comma-separated cumulative iteration counts (ablation)")
     s.add_argument("-o", "--output", default="study", help="output folder")
     s.set_defaults(func=cmd_study)
+
+    s = sub.add_parser("bench", parents=[common], help="benchmarks: inversion methods × Prompt-to-Prompt edits, scored")
+    s.add_argument("bench", choices=["edits"])
+    s.add_argument("--per-type", type=_count(1, 100000), default=30, help="bundled cases per edit type")
+    s.add_argument("--methods", type=_words, default=["null-text", "negative-prompt", "direct", "ddim"],
+                   help="comma-separated inversion methods")
+    s.add_argument("--seed", type=int, default=0, help="seed of the bundled cases")
+    s.add_argument("--steps", type=_count(1, 1000), default=50, help="DDIM steps")
+    s.add_argument("--pie-bench", metavar="MAPPING_FILE", help="run on a PIE-Bench mapping_file.json instead")
+    s.add_argument("--images", help="PIE-Bench images folder (default: annotation_images/ beside the mapping file)")
+    s.add_argument("--types", type=_words, help="PIE-Bench editing_type_ids to keep, e.g. 1,6")
+    s.add_argument("--limit", type=_count(1, 100000), help="first N PIE-Bench entries only")
+    s.add_argument("--lpips", metavar="HUB_DIR", help="torch hub dir with torchvision's SqueezeNet weights (LPIPS)")
+    s.add_argument("--clip", metavar="PATH", help="local CLIP model folder, e.g. openai/clip-vit-large-patch14")
+    s.add_argument("--dino", metavar="PATH", help="local DINO ViT folder, e.g. facebook/dino-vitb8 (structure distance)")
+    s.add_argument("-o", "--output", default="bench", help="output folder")
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("info", help="print an .nti file's metadata")
     s.add_argument("inversion")
