@@ -49,3 +49,21 @@ def tiny(tiny_dir):
 @pytest.fixture(scope="session")
 def bundled():
     return load_model(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def bundled_null_text(bundled):
+    """Null-text inversions (paper defaults) of bundled test photos, each computed once per session."""
+    from nulltext.bundled import data
+    from nulltext.images import to_tensor
+    from nulltext.inversion import InversionConfig, invert
+
+    cache = {}
+
+    def get(index: int):
+        if index not in cache:
+            image, caption = data.sample("test", index, bundled.default_size[0])
+            cache[index] = invert(bundled, to_tensor(image), caption, InversionConfig())
+        return cache[index]
+
+    return get

@@ -22,7 +22,7 @@ def test_source_row_equals_reconstruction(tiny, inversion):
     """Row 0 is the reconstruction; source and targets share one UNet batch, so equal to float rounding."""
     target = inversion.prompt.replace(inversion.prompt.split()[1], "tiger")
     result = edit(tiny, inversion, [target, inversion.prompt], EditConfig(blend_words=["tiger"]))
-    assert (result.images[0] - reconstruct(tiny, inversion)[0]).abs().max() < 1e-5
+    assert (result.images[0] - reconstruct(tiny, inversion)[0]).abs().max() < 1e-4  # 1/80 of an 8-bit level
     assert result.images.shape[0] == 3 and result.masks.shape == (2, *inversion.latent_T.shape[-2:])
 
 

@@ -7,8 +7,7 @@ import torch.nn.functional as F
 
 from nulltext.bundled import data
 from nulltext.editing import edit, reconstruct
-from nulltext.images import to_pil, to_tensor
-from nulltext.inversion import InversionConfig, invert
+from nulltext.images import to_pil
 from nulltext.metrics import psnr
 from nulltext.prompt_to_prompt import EditConfig
 
@@ -27,12 +26,11 @@ INDICES = [i for i in range(40) if not {"green", "black"} & set(data.sample("tes
 
 
 @pytest.fixture(scope="module")
-def cases(bundled):
+def cases(bundled, bundled_null_text):
     out = []
     for index in INDICES:
         scene = data.scene("test", index)
-        image, caption = data.sample("test", index)
-        inv = invert(bundled, to_tensor(image), caption, InversionConfig())
+        inv = bundled_null_text(index)
         inside = erode(data.shape_mask(scene, 64), 2)
         outside = ~dilate(data.shape_mask(scene, 64), 3)
         out.append((scene, inv, inside, outside))
@@ -112,3 +110,20 @@ def test_shape_swap_changes_the_shape(bundled, cases):
         j = judge(to_pil(result.images[1:])[0])
         changed += j.shape == new and j.colour == scene.colour and j.background == scene.background
     assert changed >= 2, f"{changed}/3 shape swaps judged right"
+
+
+def test_attention_injection_is_what_keeps_the_background(bundled, cases):
+    """Colour swaps without blend, with Prompt-to-Prompt's injection (defaults) and with it switched off
+    (cross 0, self 0): the injected edit keeps the background by a stated margin (numbers printed)."""
+    rows = []
+    for case in cases:
+        scene, _, inside, outside = case
+        src_on, on, _ = _colour_swap(bundled, case)
+        src_off, off, _ = _colour_swap(bundled, case, cross_replace=0.0, self_replace=0.0)
+        rows.append((scene.caption(), _region_psnr(src_on, on, outside), _region_psnr(src_off, off, outside),
+                     np.abs(on - off).mean()))
+    for r in rows:
+        print(f"\n{r[0]}: background {r[1]:.1f} dB with injection, {r[2]:.1f} dB without; mean |Δ| {r[3]:.1f} levels")
+    # measured: 32.8 / 42.2 / 43.1 dB with injection against 24.0 / 20.8 / 14.0 dB without
+    assert all(r[3] > 2.0 and r[1] >= r[2] + 5.0 for r in rows)
+    assert np.mean([r[1] for r in rows]) >= np.mean([r[2] for r in rows]) + 10.0
