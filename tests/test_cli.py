@@ -103,17 +103,25 @@ def test_progress_bar_shows_loss_and_quiet_silences_it(tmp_path, photo, tiny_dir
     assert code == 0 and err == ""
 
 
-def test_demo_on_the_bundled_model(tmp_path, capsys):
+def test_demo_on_the_bundled_model(tmp_path, capsys, bundled, bundled_null_text, monkeypatch):
+    """The demo's pieces: the grid from the demo photo's inversion (shared with other tests), the CLI's
+    wiring and its refusal to overwrite; `make demo` runs the whole of it."""
     import re
 
+    from nulltext import demo
+
+    photo, inversion = Image.open(demo.DEMO_PHOTO).convert("RGB"), bundled_null_text(data.DEMO_INDEX)
+    assert inversion.prompt == read_png_metadata(demo.DEMO_PHOTO)["caption"]
+    monkeypatch.setattr(demo, "invert_demo_photo", lambda model, quiet: (photo, inversion))
     code, out, err = run(capsys, "demo", "-o", tmp_path, "--quiet")
     assert code == 0 and err == "", err
     grid = Image.open(tmp_path / "demo_grid.png")
-    assert grid.size[0] > 3 * 64
+    assert grid.size[0] > 3 * 64 and (tmp_path / "demo.nti").exists()
     rec, bound = map(float, re.search(r"PSNR ([\d.]+) dB \(VAE-only bound ([\d.]+) dB\)", out).groups())
     assert rec >= bound - 0.5
+    before = (tmp_path / "demo_grid.png").read_bytes()
     code, out, err = run(capsys, "demo", "-o", tmp_path, "--quiet")
-    assert code == 2 and "--force" in err
+    assert code == 2 and "--force" in err and (tmp_path / "demo_grid.png").read_bytes() == before
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from nulltext.editing import edit, reconstruct
 from nulltext.images import load_image, make_grid, read_png_metadata, save_png, to_pil, to_tensor
-from nulltext.inversion import InversionConfig, invert
+from nulltext.inversion import Inversion, InversionConfig, invert
 from nulltext.inversion_file import save_inversion
 from nulltext.metrics import psnr
 from nulltext.model import Model
@@ -58,11 +59,8 @@ class DemoResult:
                 f"inversion took {self.wall_time:.1f} s"]
 
 
-def run_demo(model: Model, out_dir: Path, force: bool = False, quiet: bool = False) -> DemoResult:
-    """Invert the bundled photo, reconstruct it, run the demo edits, write a labelled grid."""
-    out_dir = Path(out_dir)
-    grid_path, nti_path = out_dir / "demo_grid.png", out_dir / "demo.nti"
-    check_outputs([grid_path, nti_path], force=force)  # before the work: exists, a folder, not writable
+def invert_demo_photo(model: Model, quiet: bool = False) -> tuple[Image.Image, Inversion]:
+    """The bundled photo at the model's size and its null-text inversion (paper defaults), with a progress bar."""
     prompt = read_png_metadata(DEMO_PHOTO)["caption"]
     photo = load_image(DEMO_PHOTO, model.default_size)
     config = InversionConfig()
@@ -76,15 +74,30 @@ def run_demo(model: Model, out_dir: Path, force: bool = False, quiet: bool = Fal
                        photo=torch.from_numpy(np.asarray(photo.image).copy()), crop_box=photo.crop_box,
                        source_path=DEMO_PHOTO.name)
     bar.close()
-    save_inversion(inversion, nti_path, force=force, keep_both=True)
+    return photo.image, inversion
+
+
+def demo_grid(model: Model, photo: Image.Image, inversion: Inversion, quiet: bool = False
+              ) -> tuple[Image.Image, float, float]:
+    """The labelled grid (photo, reconstruction, the demo edits), reconstruction PSNR and the VAE-only bound."""
     rec = to_pil(reconstruct(model, inversion))[0]
-    vae_only = to_pil(model.decode_latents(model.encode_image(to_tensor(photo.image))))[0]
-    images, labels = [photo.image, rec], ["photo: " + prompt, "reconstruction"]
+    vae_only = to_pil(model.decode_latents(model.encode_image(to_tensor(photo))))[0]
+    images, labels = [photo, rec], ["photo: " + inversion.prompt, "reconstruction"]
     for e in tqdm(demo_edits(), desc="edits", disable=quiet, leave=False):
         result = edit(model, inversion, [e.target], e.config)
         images.append(to_pil(result.images[1:])[0])
         labels.append(f"{e.label}: {e.target}")
-    meta = {"caption": prompt, "model": model.source, "model_identity": model.identity}
-    save_png(make_grid(images, labels, columns=3), grid_path, meta, force=force, keep_both=True)
-    return DemoResult(grid_path, nti_path, psnr(rec, photo.image), psnr(vae_only, photo.image), inversion.wall_time,
-                      [grid_path, nti_path])
+    return make_grid(images, labels, columns=3), psnr(rec, photo), psnr(vae_only, photo)
+
+
+def run_demo(model: Model, out_dir: Path, force: bool = False, quiet: bool = False) -> DemoResult:
+    """Invert the bundled photo, reconstruct it, run the demo edits, write a labelled grid and the .nti file."""
+    out_dir = Path(out_dir)
+    grid_path, nti_path = out_dir / "demo_grid.png", out_dir / "demo.nti"
+    check_outputs([grid_path, nti_path], force=force)  # before the work: exists, a folder, not writable
+    photo, inversion = invert_demo_photo(model, quiet)
+    save_inversion(inversion, nti_path, force=force, keep_both=True)
+    grid, rec_psnr, vae_psnr = demo_grid(model, photo, inversion, quiet)
+    meta = {"caption": inversion.prompt, "model": model.source, "model_identity": model.identity}
+    save_png(grid, grid_path, meta, force=force, keep_both=True)
+    return DemoResult(grid_path, nti_path, rec_psnr, vae_psnr, inversion.wall_time, [grid_path, nti_path])
