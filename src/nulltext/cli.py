@@ -308,7 +308,7 @@ def cmd_study(args) -> None:
     names = ["ablation.png", "ablation.md", "ablation.json"] if args.study == "ablation" else ["guidance.md", "guidance.json"]
     _refuse_existing([out / n for n in names], args)
     model = _load_model(args)
-    photos = study_photos(args.images, model.default_size[0])
+    photos = study_photos(range(args.images), model.default_size[0])
     if args.study == "ablation":
         config = study.AblationConfig()
         if args.checkpoints:

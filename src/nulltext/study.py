@@ -288,8 +288,12 @@ class GuidanceRow:
 
 
 def run_guidance_table(model: Model, photos: list[StudyPhoto], judge: Judge,
-                       progress: Callable[[str], None] | None = None) -> list[GuidanceRow]:
-    """DDIM inversion × inference guidance, and null-text: PSNR and edit success."""
+                       progress: Callable[[str], None] | None = None,
+                       null_text: list[Inversion] | None = None) -> list[GuidanceRow]:
+    """DDIM inversion × inference guidance, and null-text: PSNR and edit success.
+
+    `null_text`: the photos' null-text inversions (paper defaults), if already made; else they are made here.
+    """
     settings = [("DDIM", 1.0, 1.0, "ddim"), ("DDIM", 1.0, 7.5, "ddim"), ("DDIM", 7.5, 1.0, "ddim"),
                 ("DDIM", 7.5, 7.5, "ddim"), ("null-text", 1.0, 7.5, "null-text")]
     rows = []
@@ -299,7 +303,10 @@ def run_guidance_table(model: Model, photos: list[StudyPhoto], judge: Judge,
             if progress:
                 progress(f"{label} w_inv={w_inv} w_inf={w_inf}: photo {index + 1}/{len(photos)}")
             cfg = InversionConfig(method=method, guidance_scale=w_inf, pivot_guidance_scale=w_inv)
-            inv: Inversion = invert(model, to_tensor(item.image), item.caption, cfg)
+            if method == "null-text" and null_text is not None and cfg == null_text[index].config:
+                inv = null_text[index]
+            else:
+                inv = invert(model, to_tensor(item.image), item.caption, cfg)
             result = edit(model, inv, [item.edit_target], EditConfig(blend_words=item.blend_words))
             rec, edited = to_pil(result.images)
             ps.append(psnr(rec, item.image))

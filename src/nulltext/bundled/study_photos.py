@@ -8,6 +8,8 @@ bundled evaluator (the new colour, the same shape, the same background).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from PIL import Image
 
 from nulltext.bundled import data
@@ -34,10 +36,10 @@ def colour_swap(scene: data.Scene) -> tuple[str, str]:
     return scene.caption().replace(f"a {scene.colour} {scene.shape}", f"a {new} {scene.shape}"), new
 
 
-def study_photos(n: int, resolution: int) -> list[StudyPhoto]:
-    """The first n test photos at the model's resolution, with their ablation caption and colour swap."""
+def study_photos(indices: Iterable[int], resolution: int) -> list[StudyPhoto]:
+    """Test photos (by index) at the model's resolution, with their ablation caption and colour swap."""
     photos = []
-    for index in range(n):
+    for index in indices:
         image, caption = data.sample("test", index, resolution)
         scene = data.scene("test", index, resolution)
         target, _ = colour_swap(scene)
