@@ -112,9 +112,10 @@ def load_inversion(path: str | Path, model: Model | None = None) -> Inversion:
         raise InversionFileError(f"'{path}' has inversion format version {str(metadata.get(version_key))[:20]}, "
                                  f"this nulltext reads version {FORMAT_VERSION} — {_REINVERT} with this version")
     inversion = _from_header(metadata.get(header_key), tensors, f"'{path}'")
-    check_inversion(inversion, path)
-    if model is not None:
-        check_model(inversion, model, path)
+    if model is None:
+        check_inversion(inversion, path)
+    else:
+        check_model(inversion, model, path)  # the file's own consistency first, then the model's fit
     return inversion
 
 
