@@ -66,7 +66,7 @@ def _mean(result, method, blend, key, edit_type="all"):
 
 def test_small_bench_orderings(small_run) -> None:
     r = small_run
-    assert len(r.records) == 4 * 3 * 2 and not any(rec.error for rec in r.records)
+    assert len(r.records) == 4 * (3 + 1) * 2 and not any(rec.error for rec in r.records)
     m = lambda method, key, blend=True: _mean(r, method, blend, key)  # noqa: E731
     # reconstruction (measured 35.7 / 34.4 / 24.6 dB): direct inversion is exact up to the VAE, negative-prompt
     # close, DDIM inversion sampled at w = 7.5 drifts
@@ -76,6 +76,8 @@ def test_small_bench_orderings(small_run) -> None:
     # word swaps without blend land (all 4 of 4 here, for every method)
     for method in ("direct", "negative-prompt", "ddim"):
         assert m(method, "correct", blend=False) >= 0.75, method
+    # the paper's negative-prompt edit (C on the target rows too) runs as its own labelled variant
+    assert len([rec for rec in r.records if rec.method == "negative-prompt, ∅ on targets"]) == 4 * 2
     # every edit is nearer its ground-truth twin than the unedited source is (source vs twin: < 20 dB on colour)
     assert all(rec.scores["gt_psnr"] > 15 for rec in r.records)
 
@@ -87,10 +89,11 @@ def test_bench_report_files(small_run, tmp_path) -> None:
     assert "| direct | colour | yes | 1 |" in md and "| ddim | all | no | 4 |" in md
     assert "edit accuracy" in md and "bg PSNR dB" in md and "CLIP whole" not in md  # no weights, no column
     payload = json.loads(paths[1].read_text())
-    assert len(payload["records"]) == 24 and payload["cases_per_type"] == {t: 1 for t in EDIT_TYPES}
+    assert len(payload["records"]) == 32 and payload["cases_per_type"] == {t: 1 for t in EDIT_TYPES}
     assert set(payload["skipped"]) == {"lpips", "clip", "structure_distance"}
     assert payload["records"][0]["scores"]["bg_lpips"] is None
-    assert markdown_table(small_run).count("\n") == 1 + 3 * (4 + 1) * 2
+    assert markdown_table(small_run).count("\n") == 1 + 4 * (4 + 1) * 2
+    assert "| negative-prompt, ∅ on targets | colour | no | 1 |" in md
     assert paths[2].stat().st_size > 5000
 
 

@@ -153,6 +153,7 @@ def _edit_config(args, inversion):
         word_cross_replace=dict(args.word_cross or []), reweight=dict(args.reweight or []),
         blend_words=args.blend or [], blend_subtract=args.subtract or [], blend_mask=mask,
         blend_mask_combine=args.mask_combine, blend_threshold=args.threshold, blend_start=args.blend_start,
+        target_null=args.target_null,
     )
 
 
@@ -327,17 +328,22 @@ def cmd_bench(args) -> None:
     from nulltext import edit_bench
     from nulltext.inversion import InversionConfig
     from nulltext.perceptual import PerceptualConfig
+    from nulltext.prompt_to_prompt import TargetNull
 
     out = Path(args.output)
     _refuse_existing([out / n for n in edit_bench.OUTPUTS], args)
     unknown = [m for m in args.methods if m not in edit_bench.METHODS]
     if unknown:
         raise CLIError(f"unknown method {unknown[0]!r}; choose from {', '.join(edit_bench.METHODS)}")
+    wrong = [t for t in args.target_null if t not in typing.get_args(TargetNull)]
+    if wrong:
+        raise CLIError(f"unknown target null {wrong[0]!r}; choose from {', '.join(typing.get_args(TargetNull))}")
     if args.images and not args.pie_bench:
         raise CLIError("--images needs --pie-bench MAPPING_FILE")
     model = _load_model(args)
     config = edit_bench.BenchConfig(
         methods=tuple(args.methods), inversion=InversionConfig(num_steps=args.steps),
+        target_nulls=tuple(args.target_null),
         perceptual=PerceptualConfig(lpips=args.lpips, clip=args.clip, dino=args.dino, device=str(model.device)))
     if args.pie_bench:
         from nulltext import pie_bench
@@ -379,7 +385,7 @@ def cmd_demo(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from nulltext.inversion import InversionConfig, Method
-    from nulltext.prompt_to_prompt import EditConfig, MaskCombine, Mode
+    from nulltext.prompt_to_prompt import EditConfig, MaskCombine, Mode, TargetNull
 
     inv, ed = (lambda name: _default(InversionConfig, name)), (lambda name: _default(EditConfig, name))
     common = argparse.ArgumentParser(add_help=False)
@@ -446,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"local blend mask threshold (default: {ed('blend_threshold')})")
     s.add_argument("--blend-start", type=float, default=ed("blend_start"),
                    help=f"fraction of steps before blending starts (default: {ed('blend_start')})")
+    s.add_argument("--target-null", default=ed("target_null"), choices=list(typing.get_args(TargetNull)),
+                   help="unconditional embedding of the edited captions: ψ(\"\") (empty) or the inversion's ∅_t as in "
+                        f"the paper (inverted) (default: {ed('target_null')})")
     s.set_defaults(func=cmd_edit)
 
     s = sub.add_parser("attention", parents=[common], help="cross-attention maps per token as a grid PNG")
@@ -467,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated inversion methods")
     s.add_argument("--seed", type=int, default=0, help="seed of the bundled cases")
     s.add_argument("--steps", type=_count(1, 1000), default=50, help="DDIM steps")
+    s.add_argument("--target-null", type=_words, default=["empty", "inverted"],
+                   help="comma-separated: edit each inversion with ψ(\"\") (empty) and/or its ∅_t (inverted, the "
+                        "paper's) on the edited captions; rows of the second are labelled \"METHOD, ∅ on targets\" "
+                        "(default: empty,inverted)")
     s.add_argument("--pie-bench", metavar="MAPPING_FILE", help="run on a PIE-Bench mapping_file.json instead")
     s.add_argument("--images", help="PIE-Bench images folder (default: annotation_images/ beside the mapping file)")
     s.add_argument("--types", type=_words, help="PIE-Bench editing_type_ids to keep, e.g. 1,6")

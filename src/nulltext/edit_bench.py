@@ -26,6 +26,7 @@ judge, and their background metrics follow PIE-Bench's convention (see that modu
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -44,10 +45,11 @@ from nulltext.images import to_pil, to_tensor
 from nulltext.inversion import InversionConfig, invert
 from nulltext.inversion_file import atomic_write
 from nulltext.model import Model
-from nulltext.prompt_to_prompt import EditConfig
+from nulltext.prompt_to_prompt import EditConfig, TargetNull
 
 EDIT_TYPES = ("colour", "shape", "background", "colour+shape")
 METHODS = ("null-text", "negative-prompt", "direct", "ddim")
+OWN_NULLS = ("null-text", "negative-prompt")  # methods whose ∅_t differ from ψ("")
 BENCH_STREAM = 9  # the first entropy word of the benchmark's scenes (the splits use 0, 1, 2 with 3 words)
 
 
@@ -124,6 +126,9 @@ class BenchConfig:
     """What to run: methods, blend on/off, the inversion and Prompt-to-Prompt settings (paper defaults)."""
 
     methods: tuple[str, ...] = METHODS
+    # edit each inversion once per target null (EditConfig.target_null); "inverted" rows are labelled
+    # "<method>, ∅ on targets" and run only for the methods whose ∅_t are not ψ("") anyway
+    target_nulls: tuple[TargetNull, ...] = ("empty", "inverted")
     blend: tuple[bool, ...] = (True, False)
     inversion: InversionConfig = field(default_factory=InversionConfig)  # its method is set per run
     edit: EditConfig = field(default_factory=EditConfig)  # blend_words are set per case
@@ -159,6 +164,10 @@ class BenchResult:
     skipped: dict[str, str]  # metric → why it was not computed
     seconds: float
 
+    def methods(self) -> list[str]:
+        """Method labels in run order (the methods, then their target-null variants)."""
+        return list(dict.fromkeys(r.method for r in self.records)) or list(self.config["methods"])
+
     def summary(self) -> list[dict]:
         """Mean scores per (method, edit type, blend), then per (method, blend) over all types."""
         groups: dict[tuple, list[EditRecord]] = {}
@@ -166,7 +175,7 @@ class BenchResult:
         for r in self.records:
             groups.setdefault((r.method, r.edit_type, r.blend), []).append(r)
             groups.setdefault((r.method, "all", r.blend), []).append(r)
-        order = {m: i for i, m in enumerate(self.config["methods"])}
+        order = {m: i for i, m in enumerate(self.methods())}
         rows = []
         for (method, edit_type, blend), rs in sorted(
                 groups.items(), key=lambda kv: (order.get(kv[0][0], 99), (types + ["all"]).index(kv[0][1]), not kv[0][2])):
@@ -218,6 +227,10 @@ def score_edit(case: EditCase, reconstruction: Image.Image, edited: Image.Image,
     return scores, judged
 
 
+def variant_label(method: str, target_null: str) -> str:
+    return f"{method}, ∅ on targets" if target_null == "inverted" else f"{method}, ψ(\"\") on targets"
+
+
 def run_edit_bench(model: Model, cases: list[EditCase], config: BenchConfig,
                    progress: Callable[[str], None] | None = None, dataset: str = "bundled") -> BenchResult:
     """Invert every case's source once per method, edit it with and without local blend, score each edit."""
@@ -230,22 +243,26 @@ def run_edit_bench(model: Model, cases: list[EditCase], config: BenchConfig,
             t0 = time.perf_counter()
             inv = invert(model, x, case.source_prompt, replace(config.inversion, method=method, keep_pivot=False))
             t_inv = time.perf_counter() - t0
-            for blend in config.blend:
+            for target_null, blend in itertools.product(config.target_nulls, config.blend):
                 if blend and not case.blend_words:
                     continue  # nothing to blend on: the no-blend run is this edit
-                edit_config = replace(config.edit, blend_words=list(case.blend_words) if blend else [])
+                if target_null == "inverted" and method not in OWN_NULLS:
+                    continue  # ∅_t = ψ(""): the same edit as "empty"
+                label = method if target_null == config.target_nulls[0] else variant_label(method, target_null)
+                edit_config = replace(config.edit, blend_words=list(case.blend_words) if blend else [],
+                                      target_null=target_null)
                 t0 = time.perf_counter()
                 try:
                     result = edit(model, inv, [case.target_prompt], edit_config)
                 except ValueError as e:  # prompts P2P cannot align, a blend word missing from both prompts…
-                    records.append(EditRecord(case.case_id, case.edit_type, method, blend, case.source_prompt,
+                    records.append(EditRecord(case.case_id, case.edit_type, label, blend, case.source_prompt,
                                               case.target_prompt, case.changed, {}, None, t_inv, 0.0,
                                               str(e).splitlines()[0]))
                     continue
                 t_edit = time.perf_counter() - t0
                 rec, edited = to_pil(result.images)
                 scores, judged = score_edit(case, rec, edited, p, config.convention)
-                records.append(EditRecord(case.case_id, case.edit_type, method, blend, case.source_prompt,
+                records.append(EditRecord(case.case_id, case.edit_type, label, blend, case.source_prompt,
                                           case.target_prompt, case.changed, scores, judged, t_inv, t_edit))
             if progress:
                 progress(f"{case.case_id}: {method}")
@@ -296,7 +313,7 @@ def _plot(result: BenchResult, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = [r for r in result.summary() if r["edit_type"] != "all"]
-    types, methods = list(result.cases_per_type), list(result.config["methods"])
+    types, methods = list(result.cases_per_type), result.methods()
     panels = [k for k in ("correct", "gt_psnr", "bg_psnr", "clip_edited", "structure_distance")
               if any(not math.isnan(r.get(k, float("nan"))) for r in rows)][:3] or ["rec_psnr"]
     labels = dict((k, h) for k, h, _ in COLUMNS)

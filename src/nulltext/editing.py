@@ -59,7 +59,11 @@ def edit(model: Model, inversion: Inversion, targets: list[str], config: EditCon
     blend = LocalBlend(plan.blend_tokens, plan.subtract_tokens, latent_hw, config, T, user_mask)
     controller = PromptToPrompt(plan, blend)
     cond = model.encode_text([inversion.prompt, *targets])  # (1+n, tokens, dim)
-    guided = guided_prediction(model, cond, inversion.null_embeddings, inversion.config.guidance_scale, schedule)
+    nulls = inversion.null_embeddings  # (T, tokens, dim): ∅_t for every row
+    if config.target_null == "empty":
+        empty = model.encode_text([""]).float().cpu()  # (1, tokens, dim) ψ("")
+        nulls = torch.cat([nulls[:, None].float(), empty.expand(T, n, -1, -1)], dim=1)  # (T, 1+n, tokens, dim)
+    guided = guided_prediction(model, cond, nulls, inversion.config.guidance_scale, schedule)
 
     def predict(z: torch.Tensor, i: int) -> torch.Tensor:
         controller.step = T - i  # sampling step 0 … T−1

@@ -45,6 +45,7 @@ from nulltext.token_alignment import (
 
 Mode = Literal["auto", "replace", "refine"]
 MaskCombine = Literal["union", "intersection"]
+TargetNull = Literal["empty", "inverted"]
 StepRange = float | tuple[float, float]
 
 
@@ -53,6 +54,12 @@ class EditConfig:
     """How target prompts edit the source: mode, schedules, re-weighting, local blend."""
 
     mode: Mode = "auto"  # auto: replace when word counts match, else refine
+    # Unconditional embedding of the target rows. "inverted": the inversion's ∅_t, as the paper does
+    # (Mokady et al. sec. 3.3, "∅_t with P*"). "empty": ψ(""); ∅_t then steer the source row only, which
+    # follows the pivot and lends the targets its attention. ∅_t are fitted to the source row's latents
+    # and caption; on a target row they act as a negative prompt that carries the source's content
+    # (README, "Which defaults differ from the authors'").
+    target_null: TargetNull = "empty"
     cross_replace: StepRange = 0.8  # fraction of steps (from the start) or (start, end) fractions
     word_cross_replace: dict[str, StepRange] = field(default_factory=dict)  # per target word
     self_replace: StepRange = 0.4
@@ -73,6 +80,8 @@ class EditConfig:
         """Refuse settings no edit can run with; the CLI and the library say the same."""
         if self.mode not in get_args(Mode):
             raise SettingsError(f"unknown edit mode {self.mode!r} — use auto, replace or refine")
+        if self.target_null not in get_args(TargetNull):
+            raise SettingsError(f"unknown target null {self.target_null!r} — use empty or inverted")
         if self.blend_mask_combine not in get_args(MaskCombine):
             raise SettingsError(f"unknown mask combination {self.blend_mask_combine!r} — use union or intersection")
         step_window(self.cross_replace, 1)

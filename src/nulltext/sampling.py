@@ -23,12 +23,14 @@ def guided_prediction(model: Model, cond: torch.Tensor, nulls: torch.Tensor, gui
                       schedule: Schedule) -> Predict:
     """(z_i, i) → u + w (c − u) with u = ε(z_i, ∅_i), c = ε(z_i, C): one UNet batch per step.
 
-    cond is (B, tokens, dim), or (T, B, tokens, dim) for a caption embedding per step; nulls (T, tokens, dim).
+    cond is (B, tokens, dim), or (T, B, tokens, dim) for a caption embedding per step; nulls (T, tokens, dim)
+    for all rows, or (T, B, tokens, dim) for an unconditional embedding per row.
     """
 
     def predict(z: torch.Tensor, i: int) -> torch.Tensor:
         B = z.shape[0]
-        null = nulls[i - 1 : i].to(model.device).expand(B, -1, -1)  # (B, tokens, dim)
+        null = nulls[i - 1].to(model.device).expand(B, -1, -1) if nulls.ndim == 4 else \
+            nulls[i - 1 : i].to(model.device).expand(B, -1, -1)  # (B, tokens, dim)
         c = cond if cond.ndim == 3 else cond[i - 1].to(model.device)  # (B, tokens, dim)
         out = model.predict(torch.cat([z, z]), schedule.timestep(i), torch.cat([null, c]))
         return guided(*out.chunk(2), guidance_scale)
