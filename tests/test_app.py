@@ -148,6 +148,19 @@ def test_bad_inputs_are_one_line_errors_and_the_app_keeps_serving(app, tiny, tmp
         assert words in caught.value.message and "\n" not in caught.value.message, caught.value.message
 
 
+def test_serve_command_binds_locally_by_default(monkeypatch, capsys):
+    from nulltext import app as app_module, cli
+
+    calls = []
+    monkeypatch.setattr(cli, "_load_model", lambda args: "the model")
+    monkeypatch.setattr(app_module, "launch", lambda model, **kw: calls.append((model, kw)))
+    assert cli.main(["serve", "--quiet"]) == 0
+    assert cli.main(["serve", "--host", "0.0.0.0", "--port", "8000", "--share", "on", "--quiet"]) == 0
+    assert calls == [("the model", dict(host="127.0.0.1", port=7860, share=False, quiet=True)),
+                     ("the model", dict(host="0.0.0.0", port=8000, share=True, quiet=True))]
+    assert capsys.readouterr().err == ""
+
+
 # ---------------------------------------------------------------------------------------------
 # the launched server
 
@@ -219,7 +232,7 @@ def chromium_driver():
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not fetch anything
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1500",
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1600",
                  "--disable-background-networking", "--disable-component-update", "--no-first-run"):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)

@@ -183,7 +183,8 @@ class WebApp:
                 result = edit(self.model, inversion, prompts, config, step)
             images = to_pil(result.images)
             files = self._write_edits(inversion, prompts, images[1:], config)
-            gallery = [(_show(images[0]), "reconstruction")] + [(_show(im), p) for im, p in zip(images[1:], prompts)]
+            gallery = ([(_show(session.photo), "photo")] if session.photo is not None else []) + \
+                [(_show(images[0]), "reconstruction")] + [(_show(im), p) for im, p in zip(images[1:], prompts)]
             return gallery, images[1], [str(p) for p in files], f"Edited: {len(prompts)} target caption(s)."
 
     # -----------------------------------------------------------------------------------------
@@ -251,6 +252,8 @@ class WebApp:
                         invert_button = gr.Button("Invert", variant="primary", elem_id="invert")
                         cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
                     status = gr.Markdown(elem_id="status")
+                    attention = gr.Gallery(label="Cross-attention per token (source caption)", columns=5, height="auto",
+                                           format="png", elem_id="attention")
                     nti_in = gr.File(label="…or continue from an .nti file", file_types=[".nti"], type="filepath")
                 with gr.Column():
                     gr.Markdown("### 3 · Edit")
@@ -271,12 +274,11 @@ class WebApp:
                     edited = gr.Image(label="Edited", type="pil", format="png", interactive=False, height=DISPLAY_SIDE,
                                       elem_id="edited")
                     edit_status = gr.Markdown(elem_id="edit-status")
-            gr.Markdown("### 4 · Results")
-            with gr.Row():
-                gallery = gr.Gallery(label="Reconstruction and edits", columns=4, height="auto", format="png", elem_id="gallery")
-                attention = gr.Gallery(label="Cross-attention per token", columns=6, height="auto", format="png")
-            downloads = gr.File(label="Downloads: the .nti inversion and the edited PNGs (parameters in the PNG text)",
-                                file_count="multiple", interactive=False)
+                    gr.Markdown("### 4 · Results")
+                    gallery = gr.Gallery(label="Photo, reconstruction and edits", columns=4, height="auto", format="png",
+                                         elem_id="gallery")
+                    downloads = gr.File(label="Downloads: the .nti inversion and the edited PNGs (parameters in the PNG text)",
+                                        file_count="multiple", interactive=False)
 
             example.change(self.example, [example], [photo, caption], api_name="example", queue=False)
             armed = invert_button.click(self.arm, [session], None, queue=False, api_visibility="private")
@@ -387,7 +389,8 @@ def system_theme() -> gr.themes.Base:
                           font_mono=["ui-monospace", "Consolas", "monospace"])
 
 
-CSS = "img { image-rendering: pixelated; }"
+CSS = """img { image-rendering: pixelated; }
+#photo img, #edited img { width: 100%; height: 100%; object-fit: contain; }"""
 
 
 def launch(model: Model, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
