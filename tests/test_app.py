@@ -196,6 +196,22 @@ def test_two_clients_at_once_both_finish_one_after_the_other(server, tmp_path):
     assert all(a.end <= b.start for a, b in zip(ran, ran[1:]))  # one model job at a time
 
 
+def test_server_refuses_big_uploads_and_paths_it_did_not_receive_and_keeps_serving(server):
+    import httpx
+    from gradio_client import Client
+
+    url, web, page = server
+    big = httpx.post(url + "gradio_api/upload", files={"files": ("big.png", b"\0" * (21 << 20), "image/png")})
+    assert big.status_code == 413  # over the 20 MB limit, refused before any decoding
+    call = httpx.post(url + "gradio_api/call/invert", json={"data": [
+        {"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "a red circle", "null-text", 10, 7.5, 5]})
+    answer = httpx.get(url + f"gradio_api/call/invert/{call.json()['event_id']}", timeout=60).text
+    assert "event: error" in answer and "not uploaded by a user" in answer  # the server opens no path from a request
+    image, caption = Client(url, verbose=False).predict(f"{data.sample('test', 0)[1]} (test photo 0)", api_name="/example")
+    assert caption == data.sample("test", 0)[1] and np.array_equal(np.asarray(Image.open(image).convert("RGB")),
+                                                                    np.asarray(data.sample("test", 0)[0]))
+
+
 def test_cancel_button_through_the_server(server, tmp_path):
     from gradio_client import Client, handle_file
 

@@ -237,7 +237,7 @@ class WebApp:
                 with gr.Column():
                     gr.Markdown("### 1 · Photo")
                     example = gr.Dropdown(names, value=None, label="Example photo (bundled)")
-                    photo = gr.Image(label="Photo", type="filepath", sources=["upload"], image_mode=None,
+                    photo = gr.Image(label="Photo", type="filepath", sources=["upload"], image_mode=None, format="png",
                                      height=DISPLAY_SIDE, elem_id="photo")
                     caption = gr.Textbox(label="Caption of the photo", placeholder="a red circle on a blue background",
                                          elem_id="caption")
@@ -268,7 +268,7 @@ class WebApp:
                         reweight = gr.Textbox(label="Re-weights", placeholder="red=-3, circle=2")
                         keep = gr.Textbox(label="Keep words (their region stays as in the photo)")
                         mask = gr.ImageEditor(label="Mask: paint where the edit may change the photo (optional)",
-                                              sources=[], type="numpy", layers=False, transforms=[],
+                                              sources=[], type="numpy", format="png", layers=False, transforms=[],
                                               brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
                     edit_button = gr.Button("Edit", variant="primary", elem_id="edit")
                     edited = gr.Image(label="Edited", type="pil", format="png", interactive=False, height=DISPLAY_SIDE,
