@@ -183,6 +183,15 @@ def test_two_clients_at_once_both_finish_one_after_the_other(server, tmp_path):
     users = [(Client(url, verbose=False), *photo_file(tmp_path, i)) for i in (data.DEMO_INDEX, 0)]
     jobs = [c.submit(handle_file(str(path)), caption, FAST["method"], FAST["steps"], FAST["guidance"], FAST["inner_steps"],
                      api_name="/invert") for c, path, caption, target, scene in users]
+    from gradio_client.utils import Status
+
+    seen = [set(), set()]
+    while not all(job.done() for job in jobs):  # the second user's job waits in the queue, and is told so
+        for job, codes in zip(jobs, seen):
+            update = job.status()
+            codes.add((update.code, update.rank) if update.code == Status.IN_QUEUE else update.code)
+        time.sleep(0.05)
+    assert any((Status.IN_QUEUE, 0) in codes for codes in seen) and all(Status.PROGRESS in codes for codes in seen)
     statuses = [job.result(timeout=300)[0] for job in jobs]
     assert all("PSNR" in s for s in statuses), statuses
     edits = [c.submit(target, "auto", 0.8, 0.4, "", scene.shape, "", None, api_name="/edit")
@@ -251,7 +260,16 @@ def chromium_driver():
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1600",
                  "--disable-background-networking", "--disable-component-update", "--no-first-run"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+
+
+def requested_urls(driver) -> set[str]:
+    """The URLs the page requested so far, from Chrome's network log."""
+    import json
+
+    events = (json.loads(entry["message"])["message"] for entry in driver.get_log("performance"))
+    return {e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"}
 
 
 READ_PIXELS = """
@@ -293,6 +311,9 @@ def test_in_a_real_browser(server, tmp_path):
         width, height, rgba = wait.until(lambda d: d.execute_script(READ_PIXELS))
         shown = Image.fromarray(np.array(rgba, np.uint8).reshape(height, width, 4)[..., :3])
         assert assert_colour_swap(shown, data.DEMO_INDEX, target) > 25
+        urls = requested_urls(driver)
+        assert any("/upload" in u for u in urls)
+        assert all(u.startswith((url.rstrip("/"), "data:", "blob:")) for u in urls), sorted(urls)  # nothing leaves the machine
         driver.execute_script("window.scrollTo(0, 0)")
         shot = tmp_path / "app_screenshot.png"
         driver.save_screenshot(str(shot))
