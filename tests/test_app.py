@@ -283,6 +283,7 @@ return [c.width, c.height, Array.from(g.getImageData(0, 0, c.width, c.height).da
 
 
 def test_in_a_real_browser(server, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -320,5 +321,20 @@ def test_in_a_real_browser(server, tmp_path):
         assert Image.open(shot).size[0] >= 1000
         if os.environ.get("NULLTEXT_APP_SCREENSHOT"):  # the README's picture: NULLTEXT_APP_SCREENSHOT=docs/app_screenshot.png
             shutil.copy(shot, os.environ["NULLTEXT_APP_SCREENSHOT"])
+
+        # the sketch tool: paint a square over part of the circle, no blend words — only the painted part turns green
+        driver.find_element(By.XPATH, "//button[contains(., 'More edit controls')]").click()
+        canvas = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "canvas"))
+        canvas = max(canvas, key=lambda c: c.size["width"] * c.size["height"])
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+        ActionChains(driver).move_to_element_with_offset(canvas, -20, -20).click_and_hold().move_by_offset(40, 0) \
+            .move_by_offset(0, 40).move_by_offset(-40, 0).release().perform()
+        driver.find_element(By.CSS_SELECTOR, "#blend textarea").send_keys(Keys.CONTROL, "a", Keys.BACKSPACE)
+        driver.find_element(By.ID, "edit").click()
+        width, height, rgba = wait.until(lambda d: (lambda r: r if r and r[2] != rgba else None)(d.execute_script(READ_PIXELS)))
+        masked = np.array(rgba, np.uint8).reshape(height, width, 4)[..., :3].astype(float)
+        inside = data.shape_mask(scene, width)
+        near = {name: (np.linalg.norm(masked - data.PALETTE[name], axis=-1) < 60)[inside].mean() for name in ("red", "green")}
+        assert near["green"] > 0.15 and near["red"] > 0.15, near  # part of the circle edited, part kept
     finally:
         driver.quit()
