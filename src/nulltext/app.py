@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -43,7 +44,8 @@ from nulltext.viz import attention_tiles  # noqa: E402
 MAX_UPLOAD = "20mb"  # photos and .nti files; Pillow's decompression-bomb limit guards the pixels
 DISPLAY_SIDE = 256  # small model images are shown upscaled (nearest) to at least this many pixels
 EXAMPLE_INDICES = (829, 0, 2, 3)  # bundled test photos: the demo's red circle first
-MODEL_JOBS = "model"  # the concurrency group of every event that runs the model
+MODEL_JOBS = "model"
+KEEP_DOWNLOADS = 3600  # seconds a job's files stay in the app's folder (Gradio's cache: `delete_cache` below)  # the concurrency group of every event that runs the model
 
 Progress = Callable[..., None]  # gr.Progress's call: progress((done, total), desc=...)
 
@@ -200,6 +202,10 @@ class WebApp:
                 self.log.append(JobRecord(kind, start, time.monotonic()))
 
     def _job_dir(self) -> Path:
+        """A fresh folder for one job's downloads; Gradio copies them into its cache, so hour-old folders go."""
+        for old in self.workdir.glob("job-*"):
+            if time.time() - old.stat().st_mtime > KEEP_DOWNLOADS:
+                shutil.rmtree(old, ignore_errors=True)
         return Path(tempfile.mkdtemp(prefix="job-", dir=self.workdir))
 
     def _write_inversion(self, inversion: Inversion) -> Path:
@@ -229,7 +235,8 @@ class WebApp:
         inv = InversionConfig()
         ed = EditConfig()
         names = [_example_name(i) for i in EXAMPLE_INDICES]
-        with gr.Blocks(title="nulltext — edit photos with words", analytics_enabled=False) as page:
+        with gr.Blocks(title="nulltext — edit photos with words", analytics_enabled=False,
+                       delete_cache=(KEEP_DOWNLOADS, 24 * KEEP_DOWNLOADS)) as page:
             session = gr.State(lambda: Session())  # a fresh Session per browser session
             gr.Markdown("# nulltext\nEdit a photo with words: Null-text Inversion + Prompt-to-Prompt "
                         f"on `{self.model.source}`. Invert once, then edit as often as you like.")
