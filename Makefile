@@ -3,19 +3,30 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench train clean
+.PHONY: demo test bench train clean browser
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,ui]'
 	touch $@
+
+# The web app's browser test drives Debian's chromium through chromedriver (never a downloaded browser).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null || \
+			{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+		else \
+			echo "make test: the browser test needs Debian's chromium and chromium-driver — run: sudo apt-get install -y chromium chromium-driver"; exit 1; \
+		fi; \
+	fi
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/nulltext demo -o demo-out --force
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed

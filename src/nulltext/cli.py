@@ -371,6 +371,18 @@ def cmd_bench(args) -> None:
     print(f"{len(cases)} cases × {len(config.methods)} methods in {result.seconds / 60:.1f} min")
 
 
+def cmd_serve(args) -> None:
+    try:
+        from nulltext.app import launch
+    except ImportError as e:
+        raise CLIError(f"the web app needs Gradio ({e.name} is not installed) — pip install 'nulltext[ui]'") from None
+
+    model = _load_model(args)
+    if not args.quiet:
+        print(f"nulltext: serving {model.source} at http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
+    launch(model, host=args.host, port=args.port, share=args.share == "on", quiet=args.quiet)
+
+
 def cmd_demo(args) -> None:
     from nulltext.demo import run_demo
 
@@ -489,6 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dino", metavar="PATH", help="local DINO ViT folder, e.g. facebook/dino-vitb8 (structure distance)")
     s.add_argument("-o", "--output", default="bench", help="output folder")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("serve", parents=[common], help="a local web app: upload, invert, edit, attention maps")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    s.add_argument("--port", type=_count(1, 65535), default=7860, help="port (default: 7860)")
+    s.add_argument("--share", choices=["off", "on"], default="off",
+                   help="on: also open a temporary public gradio.live link (sends traffic off the machine)")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("info", help="print an .nti file's metadata")
     s.add_argument("inversion")

@@ -1,0 +1,411 @@
+"""`nulltext serve`: a local Gradio web app over the library — upload, invert with live progress, edit, see attention.
+
+Layout and callbacks only: every step calls the library (`invert`, `edit`, `attention_maps`, the `.nti`
+file, `metrics`); no algorithm lives here. Each browser session keeps its own inversion in `gr.State`
+(a `Session`), so an edit never re-inverts and two users never see each other's photos. One model job
+runs at a time per process (Gradio's queue with one slot for all model events, and a lock behind it);
+the others wait and see their place in the queue. Nothing leaves the machine: analytics off, system
+fonts, no share link unless asked for, and the server binds 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, get_args
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no telemetry, no version check
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from nulltext import __version__  # noqa: E402
+from nulltext.bundled import data  # noqa: E402
+from nulltext.editing import attention_maps, edit  # noqa: E402
+from nulltext.images import load_image, save_png, to_pil, to_tensor  # noqa: E402
+from nulltext.inversion import Inversion, InversionConfig, Method, StepReport, invert  # noqa: E402
+from nulltext.inversion_file import load_inversion, save_inversion  # noqa: E402
+from nulltext.metrics import psnr  # noqa: E402
+from nulltext.model import Model  # noqa: E402
+from nulltext.prompt_to_prompt import EditConfig, Mode  # noqa: E402
+from nulltext.viz import attention_tiles  # noqa: E402
+
+MAX_UPLOAD = "20mb"  # photos and .nti files; Pillow's decompression-bomb limit guards the pixels
+DISPLAY_SIDE = 256  # small model images are shown upscaled (nearest) to at least this many pixels
+EXAMPLE_INDICES = (829, 0, 2, 3)  # bundled test photos: the demo's red circle first
+MODEL_JOBS = "model"
+KEEP_DOWNLOADS = 3600  # seconds a job's files stay in the app's folder (Gradio's cache: `delete_cache` below)  # the concurrency group of every event that runs the model
+
+Progress = Callable[..., None]  # gr.Progress's call: progress((done, total), desc=...)
+
+
+class Cancelled(Exception):
+    """Raised from the inversion callback when the session's Cancel button was pressed."""
+
+
+@dataclass
+class Session:
+    """One browser session's work: the kept inversion and the photo it came from, and its cancel flag."""
+
+    inversion: Inversion | None = None
+    photo: Image.Image | None = None
+    cancel_requested: bool = False
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One model job as it ran: kind and monotonic start/end (the server's log; jobs never overlap)."""
+
+    kind: str
+    start: float
+    end: float
+
+
+@dataclass
+class WebApp:
+    """The app's callbacks over one loaded model; `build()` lays them out as a Gradio page."""
+
+    model: Model
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="nulltext-app-")))
+    log: list[JobRecord] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    # -----------------------------------------------------------------------------------------
+    # callbacks (plain methods of explicit inputs, so tests call them without a browser)
+
+    def example(self, name: str) -> tuple[Image.Image | None, str]:
+        """A bundled example photo at the model's size and its caption."""
+        index = _example_index(name)
+        if index is None:
+            return None, ""
+        image, caption = data.sample("test", index, self.model.default_size[0])
+        return image, caption
+
+    def cancel(self, session: Session) -> str:
+        """Ask the running inversion of this session to stop after its current step."""
+        session.cancel_requested = True
+        return "Cancelling after the current step…"
+
+    def arm(self, session: Session) -> None:
+        """A new inversion starts with the cancel flag down (runs unqueued, before the job waits its turn)."""
+        session.cancel_requested = False
+
+    def invert(self, session: Session, photo_path: str | None, caption: str, method: str, steps: float,
+               guidance: float, inner_steps: float, progress: Progress = gr.Progress()):
+        """Invert the uploaded photo with its caption; per-step progress with the loss; Cancel stops within a step."""
+        with _one_line_errors():
+            if not photo_path:
+                raise gr.Error("upload a photo or pick an example first")
+            caption = (caption or "").strip()
+            if not caption:
+                raise gr.Error("type a caption of the photo (what it shows, e.g. 'a red circle on a blue background')")
+            if method not in get_args(Method):
+                raise gr.Error(f"unknown inversion method {method!r} — use one of {', '.join(get_args(Method))}")
+            config = InversionConfig(method=method, num_steps=int(steps), guidance_scale=float(guidance),
+                                     inner_steps=int(inner_steps))
+            self.model.check_prompt(caption)
+            photo = load_image(photo_path, self.model.default_size)  # decompression bombs → one-line ImageError
+
+            def step(report: StepReport) -> None:
+                progress((report.step, report.total),
+                         desc=f"null-text step {report.step}/{report.total} · loss {report.loss:.2e}")
+                if session.cancel_requested:
+                    raise Cancelled(f"inversion cancelled after step {report.step}/{report.total}")
+
+            if session.cancel_requested:
+                return _cancelled(session, "inversion cancelled before it started")
+            progress(0.0, desc=f"{method}: DDIM inversion (the pivot)")
+            with self._model_job("invert"):
+                try:
+                    inversion = invert(self.model, to_tensor(photo.image), caption, config, step,
+                                       photo=torch.from_numpy(np.asarray(photo.image).copy()),
+                                       crop_box=photo.crop_box, source_path=Path(photo_path).name)
+                except Cancelled as stop:
+                    return _cancelled(session, str(stop))
+                progress(1.0, desc="attention maps and reconstruction")
+                tokens, maps, reconstruction = attention_maps(self.model, inversion)
+            session.inversion, session.photo, session.cancel_requested = inversion, photo.image, False
+            nti = self._write_inversion(inversion)
+            rec = to_pil(reconstruction)[0]
+            status = (f"Inverted in {inversion.wall_time:.1f} s ({method}, {config.num_steps} steps): "
+                      f"reconstruction PSNR **{psnr(rec, photo.image):.2f} dB** against the photo.")
+            return (session, status, [(_show(photo.image), "photo"), (_show(rec), "reconstruction")],
+                    _attention_gallery(reconstruction, maps, tokens), [str(nti)], _mask_canvas(photo.image))
+
+    def load_nti(self, session: Session, nti_path: str | None, progress: Progress = gr.Progress()):
+        """Go on editing a photo inverted earlier: an uploaded `.nti` file, checked against the loaded model."""
+        with _one_line_errors():
+            if not nti_path:
+                raise gr.Error("choose an .nti file written by `nulltext invert` or this app")
+            inversion = load_inversion(nti_path, self.model)
+            progress(0.0, desc="attention maps and reconstruction")
+            with self._model_job("load"):
+                tokens, maps, reconstruction = attention_maps(self.model, inversion)
+            rec = to_pil(reconstruction)[0]
+            photo = None if inversion.photo is None else Image.fromarray(inversion.photo.numpy())
+            session.inversion, session.photo = inversion, photo or rec
+            status = f"Loaded an inversion of “{inversion.prompt}” ({inversion.config.method}, {inversion.num_steps} steps)"
+            if photo is not None:
+                status += f": reconstruction PSNR **{psnr(rec, photo):.2f} dB** against its photo."
+            gallery = ([(_show(photo), "photo")] if photo is not None else []) + [(_show(rec), "reconstruction")]
+            return (session, status, inversion.prompt, gallery, _attention_gallery(reconstruction, maps, tokens),
+                    _mask_canvas(session.photo))
+
+    def edit(self, session: Session, targets: str, mode: str, cross: float, self_replace: float, reweight: str,
+             blend: str, keep: str, mask, progress: Progress = gr.Progress()):
+        """Prompt-to-Prompt edits of the kept inversion (no re-inversion): gallery, first edit, downloads."""
+        with _one_line_errors():
+            inversion = session.inversion
+            if inversion is None:
+                raise gr.Error("invert a photo first (step 2), or upload an .nti file")
+            prompts = [t.strip() for t in (targets or "").splitlines() if t.strip()]
+            if not prompts:
+                raise gr.Error("type at least one target caption, e.g. the caption with one word changed")
+            if mode not in get_args(Mode):
+                raise gr.Error(f"unknown edit mode {mode!r} — use auto, replace or refine")
+            config = EditConfig(mode=mode, cross_replace=float(cross), self_replace=float(self_replace),
+                                reweight=_reweights(reweight), blend_words=_words(blend), blend_subtract=_words(keep),
+                                blend_mask=_drawn_mask(mask, inversion.image_size))
+
+            def step(done: int, total: int) -> None:
+                progress((done, total), desc=f"edit step {done}/{total}")
+
+            with self._model_job("edit"):
+                result = edit(self.model, inversion, prompts, config, step)
+            images = to_pil(result.images)
+            files = self._write_edits(inversion, prompts, images[1:], config)
+            gallery = ([(_show(session.photo), "photo")] if session.photo is not None else []) + \
+                [(_show(images[0]), "reconstruction")] + [(_show(im), p) for im, p in zip(images[1:], prompts)]
+            return gallery, images[1], [str(p) for p in files], f"Edited: {len(prompts)} target caption(s)."
+
+    # -----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _model_job(self, kind: str) -> Iterator[None]:
+        """Hold the model for one job (the queue already runs one at a time; the lock makes it a guarantee)."""
+        with self._lock:
+            start = time.monotonic()
+            try:
+                yield
+            finally:
+                self.log.append(JobRecord(kind, start, time.monotonic()))
+
+    def _job_dir(self) -> Path:
+        """A fresh folder for one job's downloads; Gradio copies them into its cache, so hour-old folders go."""
+        for old in self.workdir.glob("job-*"):
+            if time.time() - old.stat().st_mtime > KEEP_DOWNLOADS:
+                shutil.rmtree(old, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix="job-", dir=self.workdir))
+
+    def _write_inversion(self, inversion: Inversion) -> Path:
+        name = _slug(inversion.prompt) or "photo"
+        return save_inversion(inversion, self._job_dir() / f"{name}.nti")
+
+    def _write_edits(self, inversion: Inversion, prompts: list[str], images: list[Image.Image],
+                     config: EditConfig) -> list[Path]:
+        """The edited PNGs with the edit's parameters in their text chunks (as `nulltext edit` writes them)."""
+        folder = self._job_dir()
+        settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "blend_mask"}
+        settings["blend_mask"] = "drawn in the app" if config.blend_mask is not None else None
+        paths = []
+        for j, (image, target) in enumerate(zip(images, prompts)):
+            meta = {"nulltext_version": __version__, "model": self.model.source, "model_identity": self.model.identity,
+                    "source_prompt": inversion.prompt, "kind": "edit", "target_prompt": target,
+                    "inversion_method": inversion.config.method, "num_steps": str(inversion.num_steps),
+                    **{k: json.dumps(v) for k, v in settings.items()}}
+            paths.append(save_png(image, folder / f"edit_{j + 1:02d}_{_slug(target) or 'edit'}.png", meta))
+        return paths
+
+    # -----------------------------------------------------------------------------------------
+    # layout
+
+    def build(self) -> gr.Blocks:
+        """The page: 1 photo, 2 invert, 3 edit, 4 results and attention; model events share one queue slot."""
+        inv = InversionConfig()
+        ed = EditConfig()
+        names = [_example_name(i) for i in EXAMPLE_INDICES]
+        with gr.Blocks(title="nulltext — edit photos with words", analytics_enabled=False,
+                       delete_cache=(KEEP_DOWNLOADS, 24 * KEEP_DOWNLOADS)) as page:
+            session = gr.State(lambda: Session())  # a fresh Session per browser session
+            gr.Markdown("# nulltext\nEdit a photo with words: Null-text Inversion + Prompt-to-Prompt "
+                        f"on `{self.model.source}`. Invert once, then edit as often as you like.")
+            with gr.Row():
+                with gr.Column():
+                    gr.Markdown("### 1 · Photo")
+                    example = gr.Dropdown(names, value=None, label="Example photo (bundled)")
+                    photo = gr.Image(label="Photo", type="filepath", sources=["upload"], image_mode=None, format="png",
+                                     height=DISPLAY_SIDE, elem_id="photo")
+                    caption = gr.Textbox(label="Caption of the photo", placeholder="a red circle on a blue background",
+                                         elem_id="caption")
+                    method = gr.Radio(list(get_args(Method)), value=inv.method, label="Inversion method")
+                    with gr.Accordion("Advanced", open=False):
+                        steps = gr.Slider(1, 200, value=inv.num_steps, step=1, label="DDIM steps", elem_id="steps")
+                        guidance = gr.Slider(1.0, 15.0, value=inv.guidance_scale, step=0.5, label="Guidance scale w")
+                        inner = gr.Slider(0, 50, value=inv.inner_steps, step=1,
+                                          label="Adam iterations per step at most (null-text)", elem_id="inner")
+                    gr.Markdown("### 2 · Invert")
+                    with gr.Row():
+                        invert_button = gr.Button("Invert", variant="primary", elem_id="invert")
+                        cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
+                    status = gr.Markdown(elem_id="status")
+                    attention = gr.Gallery(label="Cross-attention per token (source caption)", columns=5, height="auto",
+                                           format="png", elem_id="attention")
+                    nti_in = gr.File(label="…or continue from an .nti file", file_types=[".nti"], type="filepath")
+                with gr.Column():
+                    gr.Markdown("### 3 · Edit")
+                    targets = gr.Textbox(label="Target captions, one per line", lines=2, elem_id="targets",
+                                         placeholder="a green circle on a blue background")
+                    mode = gr.Radio(list(get_args(Mode)), value=ed.mode, label="Mode")
+                    blend = gr.Textbox(label="Blend words (edit only where these words attend)", placeholder="circle",
+                                       elem_id="blend")
+                    with gr.Accordion("More edit controls", open=False):
+                        cross = gr.Slider(0.0, 1.0, value=ed.cross_replace, step=0.05, label="Cross-attention replacement (fraction of steps)")
+                        self_replace = gr.Slider(0.0, 1.0, value=ed.self_replace, step=0.05, label="Self-attention replacement (fraction of steps)")
+                        reweight = gr.Textbox(label="Re-weights", placeholder="red=-3, circle=2")
+                        keep = gr.Textbox(label="Keep words (their region stays as in the photo)")
+                        mask = gr.ImageEditor(label="Mask: paint where the edit may change the photo (optional)",
+                                              sources=[], type="numpy", format="png", layers=False, transforms=[],
+                                              brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
+                    edit_button = gr.Button("Edit", variant="primary", elem_id="edit")
+                    edited = gr.Image(label="Edited", type="pil", format="png", interactive=False, height=DISPLAY_SIDE,
+                                      elem_id="edited")
+                    edit_status = gr.Markdown(elem_id="edit-status")
+                    gr.Markdown("### 4 · Results")
+                    gallery = gr.Gallery(label="Photo, reconstruction and edits", columns=4, height="auto", format="png",
+                                         elem_id="gallery")
+                    downloads = gr.File(label="Downloads: the .nti inversion and the edited PNGs (parameters in the PNG text)",
+                                        file_count="multiple", interactive=False)
+
+            example.change(self.example, [example], [photo, caption], api_name="example", queue=False)
+            armed = invert_button.click(self.arm, [session], None, queue=False, api_visibility="private")
+            armed.then(self.invert, [session, photo, caption, method, steps, guidance, inner],
+                       [session, status, gallery, attention, downloads, mask], api_name="invert",
+                       concurrency_limit=1, concurrency_id=MODEL_JOBS)
+            cancel_button.click(self.cancel, [session], [status], api_name="cancel", queue=False)
+            nti_in.upload(self.load_nti, [session, nti_in], [session, status, caption, gallery, attention, mask],
+                          api_name="load_nti", concurrency_limit=1, concurrency_id=MODEL_JOBS)
+            edit_button.click(self.edit, [session, targets, mode, cross, self_replace, reweight, blend, keep, mask],
+                              [gallery, edited, downloads, edit_status], api_name="edit",
+                              concurrency_limit=1, concurrency_id=MODEL_JOBS)
+        page.queue(default_concurrency_limit=1)
+        return page
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers of the page (presentation and parsing only)
+
+
+class _one_line_errors:
+    """Library errors become gr.Error with their first line (the page shows it; the app keeps serving)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if error is None or isinstance(error, gr.Error):
+            return False
+        from nulltext.errors import RUNTIME_ERRORS, USER_ERRORS
+
+        text = " ".join(str(error).strip().splitlines()[0].split()) if str(error).strip() else ""
+        if isinstance(error, USER_ERRORS):
+            raise gr.Error(text or type(error).__name__, print_exception=False) from None
+        if isinstance(error, (*RUNTIME_ERRORS, RuntimeError)):
+            raise gr.Error(f"{type(error).__name__}: {text}") from None
+        return False
+
+
+def _cancelled(session: Session, message: str):
+    session.cancel_requested = False
+    return (session, f"**{message[0].upper() + message[1:]}**; the earlier inversion (if any) is kept.",
+            gr.skip(), gr.skip(), gr.skip(), gr.skip())
+
+
+def _example_name(index: int) -> str:
+    return f"{data.sample('test', index, 8)[1]} (test photo {index})"
+
+
+def _example_index(name: str | None) -> int | None:
+    match = re.search(r"\(test photo (\d+)\)$", name or "")
+    return int(match.group(1)) if match and int(match.group(1)) in EXAMPLE_INDICES else None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:60]
+
+
+def _show(image: Image.Image) -> Image.Image:
+    """Upscale a small image by a whole factor (nearest) so the page shows its pixels, not a blur."""
+    factor = max(1, -(-DISPLAY_SIDE // max(1, image.width)))
+    return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+def _attention_gallery(image: torch.Tensor, maps: torch.Tensor, tokens: list[str]):
+    tiles = attention_tiles(image, maps)
+    return [(_show(t), label) for t, label in zip(tiles, ["reconstruction", *tokens])]
+
+
+def _mask_canvas(photo: Image.Image):
+    """The mask editor's background: the photo, shown large enough to paint on."""
+    return {"background": np.asarray(_show(photo)), "layers": [], "composite": None}
+
+
+def _drawn_mask(value, size: tuple[int, int]) -> torch.Tensor | None:
+    """Painted pixels of the mask editor's layers → (H, W) bool at the photo's size; None when nothing is painted."""
+    layers = [] if not isinstance(value, dict) else [np.asarray(x) for x in value.get("layers") or [] if x is not None]
+    painted = [x[..., 3] > 127 for x in layers if x.ndim == 3 and x.shape[-1] == 4]
+    if not painted or not any(p.any() for p in painted):
+        return None
+    union = Image.fromarray(np.logical_or.reduce(painted).astype(np.uint8) * 255)
+    return torch.from_numpy(np.asarray(union.resize(tuple(size), Image.Resampling.NEAREST)) > 127)
+
+
+def _words(text: str | None) -> list[str]:
+    return [w.strip() for w in re.split(r"[,\s]+", text or "") if w.strip()]
+
+
+def _reweights(text: str | None) -> dict[str, float]:
+    """'red=-3, circle=2' → {'red': -3.0, 'circle': 2.0}."""
+    scales = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        word, sep, value = item.strip().rpartition("=")
+        try:
+            scales[word.strip()] = float(value)
+            if not sep or not word.strip():
+                raise ValueError
+        except ValueError:
+            raise gr.Error(f"re-weight {item.strip()!r} is not WORD=SCALE, e.g. red=-3") from None
+    return scales
+
+
+def system_theme() -> gr.themes.Base:
+    """A theme with system fonts only: the page loads no web font."""
+    return gr.themes.Base(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                          font_mono=["ui-monospace", "Consolas", "monospace"])
+
+
+CSS = """img { image-rendering: pixelated; }
+#photo img, #edited img { width: 100%; height: 100%; object-fit: contain; }"""
+
+
+def launch(model: Model, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
+           quiet: bool = False, block: bool = True, max_file_size: str | int = MAX_UPLOAD):
+    """Build and launch the app; returns (page, WebApp) once serving when `block` is False."""
+    app = WebApp(model)
+    page = app.build()
+    page.launch(server_name=host, server_port=port, share=share, quiet=quiet, prevent_thread_lock=not block,
+                max_file_size=max_file_size, theme=system_theme(), css=CSS, ssr_mode=False, mcp_server=False,
+                show_error=True, footer_links=["api"])
+    return page, app

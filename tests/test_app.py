@@ -1,0 +1,340 @@
+"""The web app (`nulltext serve`): its callbacks, the launched server through gradio_client, and a real browser.
+
+Every edit is the bundled model's colour swap of a bundled test photo, judged by the bundled evaluator:
+the shape turns the target colour, keeps its class, and the background outside the shape is kept
+(PSNR against the photo). Few DDIM steps (10, at most 5 Adam iterations each) keep the file fast.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from nulltext.app import Session, WebApp, launch
+from nulltext.bundled import data
+from nulltext.bundled.evaluate import judge
+from nulltext.bundled.study_photos import colour_swap
+from nulltext.images import read_png_metadata
+from nulltext.inversion_file import load_inversion, save_inversion
+from nulltext.metrics import psnr
+
+FAST = dict(method="null-text", steps=10, guidance=7.5, inner_steps=5)
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def no_progress(*args, **kwargs) -> None:
+    pass
+
+
+def photo_file(folder: Path, index: int) -> tuple[Path, str, str, data.Scene]:
+    """A bundled test photo written as a PNG upload, its caption, its colour-swap target and its scene."""
+    image, caption = data.sample("test", index)
+    path = folder / f"photo_{index}.png"
+    image.save(path)
+    scene = data.scene("test", index)
+    return path, caption, colour_swap(scene)[0], scene
+
+
+def assert_colour_swap(edited: Image.Image, index: int, target: str) -> float:
+    """The edit shows the target colour on the photo's shape and background; returns the background PSNR."""
+    scene, photo = data.scene("test", index), data.sample("test", index)[0]
+    edited = edited.convert("RGB").resize(photo.size, Image.Resampling.BOX) if edited.size != photo.size else edited.convert("RGB")
+    j = judge(edited)
+    assert (j.colour, j.shape, j.background) == (target.split()[1], scene.shape, scene.background), j
+    shape = Image.fromarray(data.shape_mask(scene, photo.width).astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(7))
+    outside = np.asarray(shape) == 0  # the background, 3 px clear of the shape's edge
+    kept = psnr(edited, photo, mask=outside)
+    assert kept > 25.0, f"background PSNR {kept:.1f} dB"
+    return kept
+
+
+@pytest.fixture(scope="module")
+def app(bundled):
+    return WebApp(bundled)
+
+
+@pytest.fixture(scope="module")
+def inverted(app, tmp_path_factory):
+    """Photo 829 ("a red circle on a blue background") inverted through the app's callback, with its progress calls."""
+    folder = tmp_path_factory.mktemp("app")
+    path, caption, target, scene = photo_file(folder, data.DEMO_INDEX)
+    session, calls = Session(), []
+    out = app.invert(session, str(path), caption, **FAST, progress=lambda value, desc=None: calls.append((value, desc)))
+    return session, out, calls, target
+
+
+def test_invert_then_edit_twice_from_the_kept_inversion(app, inverted):
+    session, (state, status, gallery, attention, downloads, mask), calls, target = inverted
+    assert state is session and session.inversion is not None and session.inversion.num_steps == 10
+    steps = [value for value, desc in calls if isinstance(value, tuple)]
+    assert steps == [(k, 10) for k in range(1, 11)]  # the bar moves once per step …
+    assert all("loss" in desc for value, desc in calls if isinstance(value, tuple))  # … and shows the loss
+    reported = float(status.split("PSNR **")[1].split(" dB")[0])
+    assert reported > 22.0 and [label for _, label in gallery] == ["photo", "reconstruction"]
+    assert [label for _, label in attention] == ["reconstruction", "a", "red", "circle", "on", "a", "blue", "background", "<|endoftext|>"]
+    nti = load_inversion(downloads[0], app.model)  # the download is a complete .nti of this model
+    assert nti.prompt == session.inversion.prompt and nti.latent_T.equal(session.inversion.latent_T)
+    assert mask["background"].shape[:2] == (256, 256)  # the mask editor shows the photo, large enough to paint
+
+    jobs = len(app.log)
+    gallery, edited, files, note = app.edit(session, target, "auto", 0.8, 0.4, "", "circle", "", None, no_progress)
+    assert_colour_swap(edited, data.DEMO_INDEX, target)
+    meta = read_png_metadata(files[0])
+    assert meta["target_prompt"] == target and meta["blend_words"] == '["circle"]' and meta["source_prompt"] == nti.prompt
+    assert assert_colour_swap(Image.open(files[0]), data.DEMO_INDEX, target) > 25
+    # a second edit (another word, a drawn mask) samples again from the same inversion: no re-inversion
+    painted = np.zeros((256, 256, 4), np.uint8)
+    painted[64:192, 64:192, 3] = 255  # the circle's middle, painted
+    yellow = target.replace("green", "yellow")
+    gallery, edited, files, note = app.edit(session, yellow, "replace", 0.8, 0.4, "", "circle", "", {"layers": [painted]},
+                                            no_progress)
+    assert_colour_swap(edited, data.DEMO_INDEX, yellow)
+    assert [j.kind for j in app.log[jobs:]] == ["edit", "edit"]
+
+
+def test_cancel_stops_within_one_step_and_keeps_the_earlier_inversion(app, inverted, tmp_path):
+    session = inverted[0]
+    kept = session.inversion
+    path, caption, *_ = photo_file(tmp_path, 0)
+    seen = []
+
+    def press_cancel_at_step_3(value, desc=None):
+        if isinstance(value, tuple):
+            seen.append(value[0])
+            if value[0] == 3:
+                app.cancel(session)  # what the Cancel button calls, on this session's state
+
+    out = app.invert(session, str(path), caption, **FAST, progress=press_cancel_at_step_3)
+    assert seen == [1, 2, 3] and "cancelled after step 3/10" in out[1]
+    assert session.inversion is kept and not session.cancel_requested
+    assert all(o is gr.skip() or o == gr.skip() for o in out[2:])  # the page keeps the earlier results
+
+
+def test_bad_inputs_are_one_line_errors_and_the_app_keeps_serving(app, tiny, tmp_path):
+    bomb = tmp_path / "bomb.png"  # a 40000×40000 PNG header: refused before any pixel is decoded
+    ihdr = struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)
+    chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not an image")
+    from nulltext.images import to_tensor
+    from nulltext.inversion import InversionConfig, invert
+
+    image, caption = data.sample("test", 1, 32)
+    foreign = save_inversion(invert(tiny, to_tensor(image), caption, InversionConfig(num_steps=2, inner_steps=1)),
+                             tmp_path / "tiny.nti")
+    cases = [
+        (lambda: app.invert(Session(), str(bomb), "a red circle", **FAST, progress=no_progress), "too large"),
+        (lambda: app.invert(Session(), str(not_image), "a red circle", **FAST, progress=no_progress), "not a recognised image"),
+        (lambda: app.invert(Session(), str(not_image), "", **FAST, progress=no_progress), "type a caption"),
+        (lambda: app.load_nti(Session(), str(foreign), no_progress), "was made with model"),
+        (lambda: app.edit(Session(), "a green circle", "auto", 0.8, 0.4, "", "", "", None, no_progress), "invert a photo first"),
+        (lambda: app.edit(Session(inversion=load_inversion(foreign)), "x", "auto", 0.8, 0.4, "red=big", "", "", None,
+                          no_progress), "is not WORD=SCALE"),
+    ]
+    for call, words in cases:
+        with pytest.raises(gr.Error) as caught:
+            call()
+        assert words in caught.value.message and "\n" not in caught.value.message, caught.value.message
+
+
+def test_serve_command_binds_locally_by_default(monkeypatch, capsys):
+    from nulltext import app as app_module, cli
+
+    calls = []
+    monkeypatch.setattr(cli, "_load_model", lambda args: "the model")
+    monkeypatch.setattr(app_module, "launch", lambda model, **kw: calls.append((model, kw)))
+    assert cli.main(["serve", "--quiet"]) == 0
+    assert cli.main(["serve", "--host", "0.0.0.0", "--port", "8000", "--share", "on", "--quiet"]) == 0
+    assert calls == [("the model", dict(host="127.0.0.1", port=7860, share=False, quiet=True)),
+                     ("the model", dict(host="0.0.0.0", port=8000, share=True, quiet=True))]
+    assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# the launched server
+
+
+@pytest.fixture(scope="module")
+def server(bundled):
+    page, web = launch(bundled, host="127.0.0.1", port=None, quiet=True, block=False)
+    try:
+        yield page.local_url, web, page
+    finally:
+        page.close()
+
+
+def test_two_clients_at_once_both_finish_one_after_the_other(server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    url, web, page = server
+    assert url.startswith("http://127.0.0.1:") and not page.analytics_enabled  # local only, no telemetry
+    before = len(web.log)
+    users = [(Client(url, verbose=False), *photo_file(tmp_path, i)) for i in (data.DEMO_INDEX, 0)]
+    jobs = [c.submit(handle_file(str(path)), caption, FAST["method"], FAST["steps"], FAST["guidance"], FAST["inner_steps"],
+                     api_name="/invert") for c, path, caption, target, scene in users]
+    from gradio_client.utils import Status
+
+    seen = [set(), set()]
+    while not all(job.done() for job in jobs):  # the second user's job waits in the queue, and is told so
+        for job, codes in zip(jobs, seen):
+            update = job.status()
+            codes.add((update.code, update.rank) if update.code == Status.IN_QUEUE else update.code)
+        time.sleep(0.05)
+    assert any((Status.IN_QUEUE, 0) in codes for codes in seen) and all(Status.PROGRESS in codes for codes in seen)
+    statuses = [job.result(timeout=300)[0] for job in jobs]
+    assert all("PSNR" in s for s in statuses), statuses
+    edits = [c.submit(target, "auto", 0.8, 0.4, "", scene.shape, "", None, api_name="/edit")
+             for c, path, caption, target, scene in users]
+    for job, (c, path, caption, target, scene), index in zip(edits, users, (data.DEMO_INDEX, 0)):
+        gallery, edited, files, note = job.result(timeout=300)
+        assert_colour_swap(Image.open(edited), index, target)  # each user edits their own photo
+        assert read_png_metadata(files[0]["path"] if isinstance(files[0], dict) else files[0])["target_prompt"] == target
+    ran = sorted(web.log[before:], key=lambda j: j.start)
+    assert [j.kind for j in ran].count("invert") == 2 and [j.kind for j in ran].count("edit") == 2
+    assert all(a.end <= b.start for a, b in zip(ran, ran[1:]))  # one model job at a time
+
+
+def test_server_refuses_big_uploads_and_paths_it_did_not_receive_and_keeps_serving(server):
+    import httpx
+    from gradio_client import Client
+
+    url, web, page = server
+    big = httpx.post(url + "gradio_api/upload", files={"files": ("big.png", b"\0" * (21 << 20), "image/png")})
+    assert big.status_code == 413  # over the 20 MB limit, refused before any decoding
+    call = httpx.post(url + "gradio_api/call/invert", json={"data": [
+        {"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "a red circle", "null-text", 10, 7.5, 5]})
+    answer = httpx.get(url + f"gradio_api/call/invert/{call.json()['event_id']}", timeout=60).text
+    assert "event: error" in answer and "not uploaded by a user" in answer  # the server opens no path from a request
+    image, caption = Client(url, verbose=False).predict(f"{data.sample('test', 0)[1]} (test photo 0)", api_name="/example")
+    assert caption == data.sample("test", 0)[1] and np.array_equal(np.asarray(Image.open(image).convert("RGB")),
+                                                                    np.asarray(data.sample("test", 0)[0]))
+
+
+def test_cancel_button_through_the_server(server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    url, web, page = server
+    client = Client(url, verbose=False)
+    path, caption, *_ = photo_file(tmp_path, 2)
+    job = client.submit(handle_file(str(path)), caption, "null-text", 40, 7.5, 5, api_name="/invert")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait for the first step report, then press Cancel
+        progress = job.status().progress_data
+        if progress and progress[0].index:
+            break
+        time.sleep(0.1)
+    assert progress and progress[0].length == 40 and "loss" in progress[0].desc
+    client.predict(api_name="/cancel")
+    status = job.result(timeout=120)[0]
+    stopped = int(status.split("after step ")[1].split("/")[0])
+    assert "cancelled" in status and stopped < 40
+
+
+# ---------------------------------------------------------------------------------------------
+# a real browser
+
+
+def chromium_driver():
+    """Headless Debian chromium through its chromedriver; no browser or driver download."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.fail(f"the browser test needs {' and '.join(missing)} — apt-get install -y chromium chromium-driver "
+                    "(`make test` installs them when run as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not fetch anything
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1600",
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
+    return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+
+
+def requested_urls(driver) -> set[str]:
+    """The URLs the page requested so far, from Chrome's network log."""
+    import json
+
+    events = (json.loads(entry["message"])["message"] for entry in driver.get_log("performance"))
+    return {e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"}
+
+
+READ_PIXELS = """
+const img = document.querySelector('#edited img');
+if (!img || !img.complete || !img.naturalWidth) return null;
+const c = document.createElement('canvas');
+c.width = img.naturalWidth; c.height = img.naturalHeight;
+const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+return [c.width, c.height, Array.from(g.getImageData(0, 0, c.width, c.height).data)];
+"""
+
+
+def test_in_a_real_browser(server, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, web, page = server
+    path, caption, target, scene = photo_file(tmp_path, data.DEMO_INDEX)
+    driver = chromium_driver()
+    try:
+        wait = WebDriverWait(driver, 180)
+        driver.get(url)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#photo input[type=file]"))
+        driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(path))
+        driver.find_element(By.CSS_SELECTOR, "#caption textarea").send_keys(caption)
+        driver.find_element(By.XPATH, "//button[contains(., 'Advanced')]").click()
+        for elem, value in (("steps", FAST["steps"]), ("inner", FAST["inner_steps"])):
+            box = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f"#{elem} input[type=number]"))
+            box.send_keys(Keys.CONTROL, "a")
+            box.send_keys(str(value), Keys.TAB)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#photo img"))  # the upload has arrived
+        driver.find_element(By.ID, "invert").click()
+        wait.until(lambda d: "PSNR" in d.find_element(By.ID, "status").text)
+        assert "10 steps" in driver.find_element(By.ID, "status").text
+        driver.find_element(By.CSS_SELECTOR, "#targets textarea").send_keys(target)
+        driver.find_element(By.CSS_SELECTOR, "#blend textarea").send_keys(scene.shape)
+        driver.find_element(By.ID, "edit").click()
+        width, height, rgba = wait.until(lambda d: d.execute_script(READ_PIXELS))
+        shown = Image.fromarray(np.array(rgba, np.uint8).reshape(height, width, 4)[..., :3])
+        assert assert_colour_swap(shown, data.DEMO_INDEX, target) > 25
+        urls = requested_urls(driver)
+        assert any("/upload" in u for u in urls)
+        assert all(u.startswith((url.rstrip("/"), "data:", "blob:")) for u in urls), sorted(urls)  # nothing leaves the machine
+        driver.execute_script("window.scrollTo(0, 0)")
+        shot = tmp_path / "app_screenshot.png"
+        driver.save_screenshot(str(shot))
+        assert Image.open(shot).size[0] >= 1000
+        if os.environ.get("NULLTEXT_APP_SCREENSHOT"):  # the README's picture: NULLTEXT_APP_SCREENSHOT=docs/app_screenshot.png
+            shutil.copy(shot, os.environ["NULLTEXT_APP_SCREENSHOT"])
+
+        # the sketch tool: paint a square over part of the circle, no blend words — only the painted part turns green
+        driver.find_element(By.XPATH, "//button[contains(., 'More edit controls')]").click()
+        canvas = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "canvas"))
+        canvas = max(canvas, key=lambda c: c.size["width"] * c.size["height"])
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+        ActionChains(driver).move_to_element_with_offset(canvas, -20, -20).click_and_hold().move_by_offset(40, 0) \
+            .move_by_offset(0, 40).move_by_offset(-40, 0).release().perform()
+        driver.find_element(By.CSS_SELECTOR, "#blend textarea").send_keys(Keys.CONTROL, "a", Keys.BACKSPACE)
+        driver.find_element(By.ID, "edit").click()
+        width, height, rgba = wait.until(lambda d: (lambda r: r if r and r[2] != rgba else None)(d.execute_script(READ_PIXELS)))
+        masked = np.array(rgba, np.uint8).reshape(height, width, 4)[..., :3].astype(float)
+        inside = data.shape_mask(scene, width)
+        near = {name: (np.linalg.norm(masked - data.PALETTE[name], axis=-1) < 60)[inside].mean() for name in ("red", "green")}
+        assert near["green"] > 0.15 and near["red"] > 0.15, near  # part of the circle edited, part kept
+    finally:
+        driver.quit()
