@@ -493,6 +493,8 @@ def run_manifest(model: Model, rows: list[Row], out: str | Path, config: BatchCo
                 record(r)
     else:
         executor([dataclasses.asdict(t) for t in tasks], record)
+    for folder in (out / INVERSIONS, out / EDITS):
+        remove_stale_temps(folder)  # of workers killed during this run (Ray retried their rows)
     done = [r for r in records if r["status"] == "done"]
     psnrs = [r["psnr"] for r in done + finished if r.get("psnr") is not None]
     bad = [r for r in records if r["status"] != "done"]
