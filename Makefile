@@ -3,13 +3,13 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench train clean
+.PHONY: demo test bench bench-batch train clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,ray]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -20,6 +20,9 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/inversion_benchmark.py
+
+bench-batch: $(VENV)/.installed
+	$(PY) benchmarks/batch_benchmark.py
 
 train: $(VENV)/.installed
 	$(PY) -m nulltext.bundled.train

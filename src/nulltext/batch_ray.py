@@ -64,6 +64,10 @@ class BatchWorker:
 def ray_executor(options: RayOptions, model: str | None, device: str | None, dtype: str | None, out: str | Path,
                  config: BatchConfig, allow_pickle: bool = False) -> Callable[[list[dict], Callable[[dict], None]], None]:
     """An executor for `run_manifest`: runs the tasks on Ray Data and hands each record back as it arrives."""
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise SettingsError("--ray needs Ray Data, which is not installed — pip install 'nulltext[ray]'") from None
 
     def execute(tasks: list[dict], on_result: Callable[[dict], None]) -> None:
         if not tasks:

@@ -375,7 +375,7 @@ def cmd_batch(args) -> int:
     config = _settings(BatchConfig, batch_size=args.batch_size, redo=args.redo)
     model = _load_model(args)
     rows_bar = _progress(args, len(rows), "rows")
-    steps_bar = _progress(args, None, "steps")
+    steps_bar = _progress(args, None, "steps") if args.ray is None else None  # Ray workers report rows only
     failed = []
 
     def on_row(record: dict) -> None:
@@ -396,10 +396,11 @@ def cmd_batch(args) -> int:
         options = _settings(RayOptions, address=None if args.ray == "local" else args.ray, workers=args.workers,
                             gpus_per_worker=args.gpus_per_worker)
         executor = ray_executor(options, args.model, args.device, args.dtype, args.output, config, args.allow_pickle)
-    summary = run_manifest(model, rows, args.output, config, executor, on_row, on_step,
+    summary = run_manifest(model, rows, args.output, config, executor, on_row, on_step if steps_bar is not None else None,
                            on_plan=lambda pending: rows_bar.reset(total=pending))
-    steps_bar.close()
-    rows_bar.close()
+    for bar in (steps_bar, rows_bar):
+        if bar is not None:
+            bar.close()
     print(summary.table())
     print(f"results: {Path(args.output) / 'results.jsonl'}")
     return 1 if summary.failed else 0
