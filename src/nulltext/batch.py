@@ -294,6 +294,7 @@ def run_tasks(model: Model, tasks: list[dict], out: str | Path, redo: bool = Fal
 
     An existing .nti is reused unless `redo`; an existing edit PNG is kept unless `redo`.
     """
+    import numpy as np
     import torch
 
     from nulltext.batch_inversion import invert_batch
@@ -313,15 +314,16 @@ def run_tasks(model: Model, tasks: list[dict], out: str | Path, redo: bool = Fal
                 photos[i] = load_image(task.image, tuple(task.size))
         except Exception as e:  # noqa: BLE001 - a bad row is recorded, the run goes on
             records[i] = _failed(task, e)
-    # one invert_batch per inversion setting among the tasks that need inverting
+    # one invert_batch per inversion setting among the tasks that need inverting; rows with the same
+    # inversion key (same photo, prompt and settings, other edits) share one inversion
     groups: dict[str, list[int]] = {}
+    first: dict[str, int] = {}
     for i in photos:
-        groups.setdefault(json.dumps(tasks[i].settings, sort_keys=True), []).append(i)
+        if first.setdefault(tasks[i].inversion_key, i) == i:
+            groups.setdefault(json.dumps(tasks[i].settings, sort_keys=True), []).append(i)
     for members in groups.values():
         start = time.perf_counter()
         try:
-            import numpy as np
-
             results = invert_batch(
                 model, [to_tensor(photos[i].image) for i in members], [tasks[i].prompt for i in members],
                 tasks[members[0]].config(), on_step,
@@ -340,7 +342,14 @@ def run_tasks(model: Model, tasks: list[dict], out: str | Path, redo: bool = Fal
                 inversions[i], timing[i] = result, seconds
             except Exception as e:  # noqa: BLE001
                 records[i] = _failed(tasks[i], e)
-    for i, inversion in inversions.items():
+    for i in photos:  # the rows that shared another row's inversion
+        j = first[tasks[i].inversion_key]
+        if j != i:
+            if j in inversions:
+                inversions[i], timing[i] = inversions[j], timing[j]
+            else:
+                records[i] = _record(tasks[i], "failed", error=records[j]["error"])
+    for i, inversion in sorted(inversions.items()):
         try:
             records[i] = _finish(model, tasks[i], inversion, out, redo, i in reused, timing.get(i, 0.0))
         except Exception as e:  # noqa: BLE001

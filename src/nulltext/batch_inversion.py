@@ -80,7 +80,8 @@ def invert_batch(model: Model, images: torch.Tensor | list[torch.Tensor], prompt
     for p in prompts:
         model.check_prompt(p)
     if config.method != "null-text":  # nothing to optimise jointly
-        return [invert(model, im, p, config, callback, **prov) for im, p, prov in zip(images, prompts, provenance)]
+        return [_invert_one(model, im, p, config, callback, prov, on_error)
+                for im, p, prov in zip(images, prompts, provenance)]
     start = time.perf_counter()
     K, T = len(images), config.num_steps
     schedule = make_schedule(model.scheduler_config, T)
@@ -171,6 +172,16 @@ def _optimise(model: Model, pivots: torch.Tensor, cond: torch.Tensor, photos: li
             z_bar = torch.cat([z_bar[:i], z.to(z_bar), z_bar[i + 1 :]])
         if callback is not None and z_next:
             callback(StepReport(k + 1, T, tau, worst[0], worst[1]))
+
+
+def _invert_one(model: Model, image: torch.Tensor, prompt: str, config: InversionConfig, callback: Callback | None,
+                provenance: dict, on_error: OnError) -> Inversion | InversionError:
+    try:
+        return invert(model, image, prompt, config, callback, **provenance)
+    except InversionError as e:
+        if on_error == "raise":
+            raise
+        return e
 
 
 def _fail(photo: _Photo, error: InversionError, on_error: OnError) -> None:
