@@ -48,7 +48,8 @@ def test_ray_gives_the_local_results(local_ray, tiny, tiny_dir, tmp_path):
     path = _manifest(tmp_path, 2, tiny.default_size[0], num_steps=4, inner_steps=2)
     local, remote = tmp_path / "local", tmp_path / "ray"
     run_manifest(tiny, read_manifest(path), local, BatchConfig(batch_size=2))
-    assert main(["batch", str(path), "-o", str(remote), "--model", str(tiny_dir), "-q", "-k", "2", "--ray"]) == 1
+    assert main(["batch", str(path), "-o", str(remote), "--model", str(tiny_dir), "-q", "-k", "2", "--ray",
+                 "--workers", "1"]) == 1
     by_key = {r["key"]: r for r in _lines(local)}
     ray_lines = _lines(remote)
     assert len(ray_lines) == len(by_key) == 3 and {r["key"] for r in ray_lines} == set(by_key)
@@ -78,7 +79,7 @@ def _map_workers() -> list[int]:
 
 
 def test_a_worker_killed_mid_run_is_retried_and_nothing_is_lost_or_doubled(local_ray, tiny, tiny_dir, tmp_path):
-    path = _manifest(tmp_path, 4, tiny.default_size[0], num_steps=5, inner_steps=2, early_stop=0.0)
+    path = _manifest(tmp_path, 3, tiny.default_size[0], num_steps=5, inner_steps=2, early_stop=0.0)
     out = tmp_path / "out"
     killed, earlier = [], set(_map_workers())  # actors of an earlier run may still be shutting down
 
@@ -94,8 +95,11 @@ def test_a_worker_killed_mid_run_is_retried_and_nothing_is_lost_or_doubled(local
     [(pid, lines_at_kill)] = killed
     assert lines_at_kill == 1 and not Path(f"/proc/{pid}").exists()  # killed mid-run, and it is gone
     lines = _lines(out)
-    assert (summary.done, summary.failed) == (4, 1)
-    assert len(lines) == 5 and len({r["key"] for r in lines}) == 5  # every row once: none lost, none doubled
+    workers = [int(r["worker"].rpartition(":")[2]) for r in lines if r["status"] == "done"]
+    # one actor at a time: a row done by another process was done by the actor Ray restarted
+    assert workers[0] == pid and any(w != pid for w in workers)
+    assert (summary.done, summary.failed) == (3, 1)
+    assert len(lines) == 4 and len({r["key"] for r in lines}) == 4  # every row once: none lost, none doubled
     for r in (r for r in lines if r["status"] == "done"):
         assert load_inversion(out / r["inversion"], tiny).config.num_steps == 5
         assert (out / r["edits"][0]).is_file()

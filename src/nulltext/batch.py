@@ -390,8 +390,12 @@ def _finish(model: Model, task: Task, inversion, out: Path, redo: bool, reused: 
 
 
 def _record(task: Task, status: str, **fields) -> dict:
+    """A results record; `worker` (host:pid) says which process ran the row (a Ray actor, or the local run)."""
+    import socket
+
     return {"key": task.key, "row": task.number, "id": task.id, "image": task.image, "prompt": task.prompt,
-            "status": status, **fields, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "status": status, **fields, "worker": f"{socket.gethostname()}:{os.getpid()}",
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def one_line(e: BaseException) -> str:
