@@ -41,7 +41,7 @@ def test_batch_equals_one_at_a_time_with_different_early_stops_and_a_failing_pho
     for (image, _), alone, together in zip(photos, sequential, batch):
         assert together.inner_iterations == alone.inner_iterations
         assert torch.allclose(together.latent_T, alone.latent_T, atol=1e-4)
-        assert (together.null_embeddings - alone.null_embeddings).abs().max() < 1e-3  # |∅_t| ≈ 4
+        assert (together.null_embeddings - alone.null_embeddings).abs().max() < 5e-3  # |∅_t| ≈ 4
         p_alone = psnr(to_pil(reconstruct(bundled, alone))[0], image)
         p_together = psnr(to_pil(reconstruct(bundled, together))[0], image)
         assert p_alone > 28 and abs(p_together - p_alone) < 0.05

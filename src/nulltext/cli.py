@@ -372,7 +372,7 @@ def cmd_batch(args) -> int:
         rows = read_manifest(args.manifest, args.images)
     except ManifestError as e:
         raise CLIError(str(e)) from None
-    config = _settings(BatchConfig, batch_size=args.batch_size, redo=args.redo)
+    config = _settings(BatchConfig, batch_size=args.batch_size, redo=args.redo or args.force)
     model = _load_model(args)
     rows_bar = _progress(args, len(rows), "rows")
     steps_bar = _progress(args, None, "steps") if args.ray is None else None  # Ray workers report rows only
@@ -522,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("manifest", help="a .jsonl or .csv manifest (image, prompt, edits, settings) or a PIE-Bench mapping_file.json")
     s.add_argument("-o", "--output", required=True, help="output folder (inversions/, edits/, results.jsonl)")
     s.add_argument("--batch-size", "-k", type=_count(1, 4096), default=4, help="photos inverted together (default: 4)")
-    s.add_argument("--redo", action="store_true", help="rerun rows already finished, overwriting their files")
+    s.add_argument("--redo", action="store_true", help="rerun rows already finished, overwriting their files (= --force)")
     s.add_argument("--images", help="PIE-Bench images folder (default: annotation_images/ beside the mapping file)")
     s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run on Ray Data: a local Ray with this machine's CPUs, or the cluster at ADDRESS")
