@@ -124,7 +124,7 @@ def test_pie_bench_mapping_file_is_a_manifest(tmp_path):
              "editing_instruction": "", "editing_type_id": "1", "blended_word": "cat dog", "mask": encode_mask(mask)}
     (tmp_path / "mapping_file.json").write_text(json.dumps({"000": entry}))
     [row] = read_manifest(tmp_path / "mapping_file.json")
-    assert (row.id, row.prompt, row.image) == ("000", "a cat on a mat", str(tmp_path / "annotation_images/0_random/000.jpg"))
+    assert (row.id, row.prompt, row.image) == ("000", "a cat on a mat", os.path.abspath(tmp_path / "annotation_images/0_random/000.jpg"))
     assert row.edits == [{"target": "a dog on a mat", "blend_words": ["cat", "dog"]}]
 
 

@@ -73,12 +73,12 @@ def read_manifest(path: str | Path, images_dir: str | Path | None = None) -> lis
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"no manifest at '{path}' — pass a .jsonl, .csv or PIE-Bench mapping_file.json")
-    base = path.parent
+    base = Path(os.path.abspath(path.parent))  # absolute paths: Ray workers run elsewhere
     try:
         if path.suffix == ".csv":
             return _csv_rows(path, base)
         if path.suffix == ".json":
-            return _pie_rows(path, Path(images_dir) if images_dir else base / "annotation_images")
+            return _pie_rows(path, Path(os.path.abspath(images_dir)) if images_dir else base / "annotation_images")
         return _jsonl_rows(path, base)
     except UnicodeDecodeError:
         raise ManifestError(f"manifest '{path}' is not UTF-8 text — save it as UTF-8") from None
@@ -418,7 +418,7 @@ def _failed(task: Task, e: BaseException) -> dict:
 class RunSummary:
     rows: int
     done: int  # rows finished by this run
-    skipped: int  # rows finished by an earlier run
+    skipped: int  # rows finished by an earlier run (or repeating a row of this manifest)
     failed: int
     mean_psnr: float | None  # over every finished row of the manifest
     seconds: float
@@ -434,7 +434,7 @@ class RunSummary:
 
 @dataclass
 class BatchConfig:
-    """How a manifest run goes: batch size K, redo, and (with Ray) the workers."""
+    """How a manifest run goes: batch size K, redo, and the inversion settings rows start from."""
 
     batch_size: int = 4  # K photos inverted together
     redo: bool = False  # rerun finished rows and overwrite their files
@@ -463,7 +463,8 @@ def plan_run(model: Model, rows: list[Row], out: Path, config: BatchConfig
                            "id": row.id, "image": row.image, "prompt": row.prompt, "status": "failed",
                            "error": one_line(e), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             continue
-        if task.key in seen:  # the same content twice: run once
+        if task.key in seen:  # the same content twice: run once, count the copy as skipped
+            finished.append({"key": task.key, "row": row.number, "status": "duplicate"})
             continue
         seen.add(task.key)
         if not config.redo and is_finished(task, out, results):
