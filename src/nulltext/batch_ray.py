@@ -69,6 +69,9 @@ def ray_executor(options: RayOptions, model: str | None, device: str | None, dty
     except ImportError:
         raise SettingsError("--ray needs Ray Data, which is not installed — pip install 'nulltext[ray]'") from None
 
+    if model is not None and os.path.exists(model):
+        model = os.path.abspath(model)  # a local folder or file, seen from the workers' own working folders
+
     def execute(tasks: list[dict], on_result: Callable[[dict], None]) -> None:
         if not tasks:
             return
@@ -83,6 +86,8 @@ def ray_executor(options: RayOptions, model: str | None, device: str | None, dty
             slots = resources.get("GPU", 0) / gpus if gpus else resources.get("CPU", 1) / options.cpus_per_worker
             workers = options.workers or max(1, int(slots))
             workers = min(workers, -(-len(tasks) // config.batch_size))  # no idle actors loading a model
+            # rows of one inversion setting next to each other (manifest order within), so batches rarely mix
+            tasks = sorted(tasks, key=lambda t: json.dumps(t["settings"], sort_keys=True))
             items = [{"task": json.dumps(t)} for t in tasks]
             dataset = ray.data.from_items(items, override_num_blocks=-(-len(tasks) // config.batch_size))
             # Ray Data's actor pools restart dead actors and retry their batches by default (max_restarts and
