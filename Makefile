@@ -3,13 +3,13 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench train clean browser
+.PHONY: demo test bench bench-batch train clean browser
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,ui]'
+	$(PY) -m pip install -q -e '.[test,ui,ray]'
 	touch $@
 
 # The web app's browser test drives Debian's chromium through chromedriver (never a downloaded browser).
@@ -31,6 +31,9 @@ test: $(VENV)/.installed browser
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/inversion_benchmark.py
+
+bench-batch: $(VENV)/.installed
+	$(PY) benchmarks/batch_benchmark.py
 
 train: $(VENV)/.installed
 	$(PY) -m nulltext.bundled.train

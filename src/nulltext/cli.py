@@ -383,6 +383,47 @@ def cmd_serve(args) -> None:
     launch(model, host=args.host, port=args.port, share=args.share == "on", quiet=args.quiet)
 
 
+def cmd_batch(args) -> int:
+    from nulltext.batch import BatchConfig, ManifestError, read_manifest, run_manifest
+
+    try:
+        rows = read_manifest(args.manifest, args.images)
+    except ManifestError as e:
+        raise CLIError(str(e)) from None
+    config = _settings(BatchConfig, batch_size=args.batch_size, redo=args.redo or args.force)
+    model = _load_model(args)
+    rows_bar = _progress(args, len(rows), "rows")
+    steps_bar = _progress(args, None, "steps") if args.ray is None else None  # Ray workers report rows only
+    failed = []
+
+    def on_row(record: dict) -> None:
+        failed.extend([record["row"]] if record["status"] != "done" else [])
+        rows_bar.update(1)
+        rows_bar.set_postfix(failed=len(failed))
+
+    def on_step(report) -> None:
+        if report.step == 1:
+            steps_bar.reset(total=report.total)
+        steps_bar.update(1)
+        steps_bar.set_postfix(iters=report.inner_iterations, loss=f"{report.loss:.2e}")
+
+    executor = None
+    if args.ray is not None:
+        from nulltext.batch_ray import RayOptions, ray_executor
+
+        options = _settings(RayOptions, address=None if args.ray == "local" else args.ray, workers=args.workers,
+                            gpus_per_worker=args.gpus_per_worker)
+        executor = ray_executor(options, args.model, args.device, args.dtype, args.output, config, args.allow_pickle)
+    summary = run_manifest(model, rows, args.output, config, executor, on_row, on_step if steps_bar is not None else None,
+                           on_plan=lambda pending: rows_bar.reset(total=pending))
+    for bar in (steps_bar, rows_bar):
+        if bar is not None:
+            bar.close()
+    print(summary.table())
+    print(f"results: {Path(args.output) / 'results.jsonl'}")
+    return 1 if summary.failed else 0
+
+
 def cmd_demo(args) -> None:
     from nulltext.demo import run_demo
 
@@ -509,6 +550,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on: also open a temporary public gradio.live link (sends traffic off the machine)")
     s.set_defaults(func=cmd_serve)
 
+    s = sub.add_parser("batch", parents=[common], help="invert and edit every row of a manifest, resumably")
+    s.add_argument("manifest", help="a .jsonl or .csv manifest (image, prompt, edits, settings) or a PIE-Bench mapping_file.json")
+    s.add_argument("-o", "--output", required=True, help="output folder (inversions/, edits/, results.jsonl)")
+    s.add_argument("--batch-size", "-k", type=_count(1, 4096), default=4, help="photos inverted together (default: 4)")
+    s.add_argument("--redo", action="store_true", help="rerun rows already finished, overwriting their files (= --force)")
+    s.add_argument("--images", help="PIE-Bench images folder (default: annotation_images/ beside the mapping file)")
+    s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run on Ray Data: a local Ray with this machine's CPUs, or the cluster at ADDRESS")
+    s.add_argument("--workers", type=_count(1, 100000), help="Ray actors, each with its own model (default: CPUs or GPUs)")
+    s.add_argument("--gpus-per-worker", type=float, help="GPUs per Ray actor (default: 1 if the cluster has GPUs, else 0)")
+    s.set_defaults(func=cmd_batch)
+
     s = sub.add_parser("info", help="print an .nti file's metadata")
     s.add_argument("inversion")
     s.add_argument("--debug", action="store_true", help="show the traceback of an error (or set NULLTEXT_DEBUG=1)")
@@ -589,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_libraries()
         _check_text_arguments(args)
         with _TerminateAsExit():
-            args.func(args)
+            code = args.func(args)
     except KeyboardInterrupt:
         _close_progress_bars()
         print("nulltext: interrupted — files already reported as written are complete; no partial file was left",
@@ -609,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"nulltext: error: {type(e).__name__}: {message} (run with --debug for the traceback)", file=sys.stderr)
         return EXIT_ERROR
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":
