@@ -639,7 +639,7 @@ def _load_single_file(source: str, path: Path, allow_pickle: bool, config: Path 
         sdxl = folder_sdxl
     pipeline = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
     family = "an SDXL" if sdxl else "a Stable Diffusion 1.x/2.x"
-    kwargs = {} if sdxl else {"load_safety_checker": False}
+    kwargs = {} if sdxl else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     try:
         pipe = pipeline.from_single_file(str(path), local_files_only=True,
                                          config=None if config is None else str(config), **kwargs)
