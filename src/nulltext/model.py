@@ -70,8 +70,8 @@ UNSUPPORTED_PIPELINES = {
     "StableDiffusionDepth2ImgPipeline": "a depth-conditioned model", "StableDiffusionUpscalePipeline": "an upscaler",
     "PixArtAlphaPipeline": "PixArt (a transformer)", "KandinskyV22Pipeline": "Kandinsky",
 }
-SUPPORTED_TEXT = "nulltext supports " + ", ".join(sorted(set(SUPPORTED_PIPELINES.values()))) + \
-    " (" + ", ".join(SUPPORTED_PIPELINES) + ")"
+SUPPORTED_TEXT = "nulltext supports " + " and ".join(dict.fromkeys(SUPPORTED_PIPELINES.values())) + \
+    " UNet models (" + ", ".join(SUPPORTED_PIPELINES) + ")"
 
 
 def bundled_model_path() -> Path:
@@ -461,7 +461,7 @@ def check_architecture(source: str, pipeline: str | None, unet: Any, vae: Any, t
     if unet is None or vae is None:
         refuse("missing its " + ("UNet" if unet is None else "VAE"))
     if text_encoder is None:
-        refuse("a model without a (first) text encoder (an image-variation model, or an SDXL refiner?)")
+        refuse("a model without a text encoder (an image-variation model, or an SDXL refiner?)")
     latent, c_in, c_out = _get(vae, "latent_channels", 4), _get(unet, "in_channels"), _get(unet, "out_channels")
     if c_in != latent or c_out != latent:
         refuse(f"a model whose UNet takes {c_in} and gives {c_out} channels while its VAE makes {latent} "
@@ -472,7 +472,7 @@ def check_architecture(source: str, pipeline: str | None, unet: Any, vae: Any, t
     hidden = _get(text_encoder, "hidden_size")
     if added == "text_time":
         if text_encoder_2 is None:
-            refuse("an SDXL-type UNet without a second text encoder for its pooled embedding")
+            refuse("a UNet with SDXL's text_time added embedding but no second text encoder for its pooled embedding")
         pooled, ids = _get(text_encoder_2, "projection_dim"), _get(unet, "addition_time_embed_dim")
         expected = _get(unet, "projection_class_embeddings_input_dim")
         if not isinstance(ids, int) or expected != 6 * ids + pooled:
