@@ -286,6 +286,7 @@ def cmd_info(args) -> None:
         + (f" from {inv.source_path} crop {inv.crop_box}" if inv.source_path else ""),
         f"model:           {inv.model_source} (weights {inv.model_identity})",
         f"latent:          {tuple(inv.latent_T.shape)}, null embeddings {tuple(inv.null_embeddings.shape)}"
+        + (f", pooled {tuple(inv.null_pooled.shape)}" if inv.null_pooled is not None else "")
         + (", pivot stored" if inv.pivot is not None else ""),
         f"wall time:       {inv.wall_time:.1f} s",
     ]
