@@ -20,6 +20,10 @@ VAE (under `first_stage_model.`), with N levels:
     mid_block.resnets.0/1 → mid.block_1/2; mid_block.attentions.0 → mid.attn_1 with group_norm → norm,
     to_q/k/v → q/k/v, to_out.0 → proj_out, weights as 1×1 convolutions; conv_shortcut → nin_shortcut
 Text encoder (CLIP, SD 1.x): `cond_stage_model.transformer.text_model.` + the transformers name.
+SDXL: the first encoder under `conditioner.embedders.0.transformer.text_model.`, the second in OpenCLIP's
+layout under `conditioner.embedders.1.model.` (the inverse of diffusers' `convert_open_clip_checkpoint`
+and its `DIFFUSERS_TO_LDM_MAPPING["openclip"]` tables): q/k/v projections stacked into one
+`attn.in_proj_weight`/`in_proj_bias`, `text_projection` transposed; the UNet's added embedding is `label_emb.0`.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ _RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj",
 
 def _unet_key(key: str, config) -> str:
     L = config.layers_per_block
-    top = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]
+    top = {**DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"], **DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"]}
     if key in top:
         return top[key]
 
@@ -99,4 +103,41 @@ def original_state_dict(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
     for k, v in text_encoder.state_dict().items():
         name = k if k.startswith("text_model.") else "text_model." + k  # transformers ≥ 5.6 dropped the wrapper
         out["cond_stage_model.transformer." + name] = v
+    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+
+
+def _open_clip(text_encoder, prefix: str) -> dict[str, torch.Tensor]:
+    """A transformers CLIPTextModelWithProjection's weights in OpenCLIP's names under `prefix`."""
+    tables = DIFFUSERS_TO_LDM_MAPPING["openclip"]
+    top, renames = tables["layers"], tables["transformer"]
+    state, out = text_encoder.state_dict(), {}
+    for key, value in state.items():
+        if key in top:
+            out[prefix + top[key]] = value.T if key == "text_projection.weight" else value
+        elif m := re.fullmatch(r"text_model\.encoder\.layers\.(\d+)\.self_attn\.q_proj\.(weight|bias)", key):
+            stem = f"text_model.encoder.layers.{m[1]}.self_attn."
+            stacked = torch.cat([state[f"{stem}{p}_proj.{m[2]}"] for p in "qkv"])  # (3·dim, …)
+            out[f"{prefix}transformer.resblocks.{m[1]}.attn.in_proj_{m[2]}"] = stacked
+        elif re.search(r"self_attn\.[kv]_proj\.", key):
+            continue  # stacked with q above
+        else:
+            name = key
+            for diffusers_name, original in renames.items():
+                if not diffusers_name.startswith("transformer."):
+                    name = name.replace(diffusers_name, original)
+            out[prefix + "transformer." + name] = value
+    return out
+
+
+def original_sdxl_state_dict(unet, vae, text_encoder, text_encoder_2) -> dict[str, torch.Tensor]:
+    """The four models' weights under original SDXL checkpoint names (fresh contiguous tensors)."""
+    out = {LDM_UNET_KEY + _unet_key(k, unet.config): v for k, v in unet.state_dict().items()}
+    levels = len(vae.config.block_out_channels)
+    for k, v in vae.state_dict().items():
+        name, value = _vae_key(k, v, levels)
+        out["first_stage_model." + name] = value
+    for k, v in text_encoder.state_dict().items():
+        name = k if k.startswith("text_model.") else "text_model." + k
+        out["conditioner.embedders.0.transformer." + name] = v
+    out.update(_open_clip(text_encoder_2, "conditioner.embedders.1.model."))
     return {k: v.detach().contiguous().clone() for k, v in out.items()}

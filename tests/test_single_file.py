@@ -1,5 +1,5 @@
-"""Single-file checkpoints: the bundled model written in the original Stable Diffusion key layout loads through
-diffusers' from_single_file, offline with a local config, and is the same model; pickles only when allowed."""
+"""Single-file checkpoints: the bundled model (and a tiny SDXL) written in the original Stable Diffusion key layout
+load through diffusers' from_single_file, offline with a local config, as the same model; pickles only when allowed."""
 
 import pytest
 import torch
@@ -12,7 +12,7 @@ from nulltext.images import to_tensor
 from nulltext.inversion import InversionConfig, invert
 from nulltext.inversion_file import load_inversion, save_inversion
 from nulltext.model import ModelLoadError, bundled_model_path, load_model
-from original_layout import original_state_dict
+from original_layout import original_sdxl_state_dict, original_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,19 @@ def test_single_file_is_the_same_model_as_the_folder(bundled, checkpoint, tmp_pa
     inv = invert(bundled, to_tensor(image), caption, InversionConfig(num_steps=4, inner_steps=2))
     loaded = load_inversion(save_inversion(inv, tmp_path / "folder.nti"), model)  # identity-checked
     assert torch.equal(reconstruct(model, loaded), reconstruct(bundled, inv))
+
+
+def test_sdxl_single_file_is_the_same_model_as_the_folder(tiny_xl, tiny_xl_dir, tmp_path):
+    path = tmp_path / "xl.safetensors"
+    state = original_sdxl_state_dict(tiny_xl.unet, tiny_xl.vae, tiny_xl.text_encoder, tiny_xl.text_encoder_2)
+    assert any(k.startswith("conditioner.embedders.1.model.transformer.resblocks.") for k in state)  # OpenCLIP names
+    save_file(state, str(path))
+    model = load_model(path, device="cpu", config=tiny_xl_dir)
+    assert model.identity == tiny_xl.identity and model.pooled_dim == tiny_xl.pooled_dim
+    image, caption = data.sample("test", 2, 32)
+    inv = invert(tiny_xl, to_tensor(image), caption, InversionConfig(num_steps=3, inner_steps=2))
+    loaded = load_inversion(save_inversion(inv, tmp_path / "folder.nti"), model)
+    assert torch.equal(reconstruct(model, loaded), reconstruct(tiny_xl, inv))
 
 
 def test_pickled_checkpoint_only_with_the_flag(bundled, checkpoint, tmp_path):
