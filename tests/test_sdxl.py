@@ -127,3 +127,20 @@ def test_stock_sdxl_pipeline_replays_the_inversion_file(tiny_xl, inversion, tmp_
     plain.null_pooled[:] = tiny_xl.null_conditioning().pooled.float()  # ψ("")'s pooled part: it matters
     drift = (stock_sdxl_reconstruction(tiny_xl, plain) - ours).abs().mean()
     assert drift > 20 * (ours - theirs).abs().mean()
+
+
+@pytest.mark.parametrize("method", ["negative-prompt", "direct"])
+def test_other_inversion_methods_on_sdxl(tiny_xl, method):
+    """Negative-prompt inversion (∅_t = C, pooled part too) samples like w = 1; direct inversion lands on the pivot."""
+    image, caption = data.sample("test", 0, tiny_xl.default_size[0])
+    inv = invert(tiny_xl, to_tensor(image), caption, InversionConfig(method=method, num_steps=6))
+    cond = tiny_xl.text_conditioning([caption])
+    with torch.no_grad():
+        z = guided_ddim(tiny_xl, inv.latent_T, cond, inv.nulls, inv.schedule(), 7.5, corrections=inv.corrections)
+        if method == "direct":
+            plain = guided_ddim(tiny_xl, inv.latent_T, cond, inv.nulls, inv.schedule(), 7.5)
+            assert (z - inv.pivot[:1]).abs().max() < 0.01 * (plain - inv.pivot[:1]).abs().max()
+        else:
+            assert torch.equal(inv.null_pooled, cond.pooled.float().expand(6, -1))
+            w1 = guided_ddim(tiny_xl, inv.latent_T, cond, tiny_xl.null_conditioning().expand(6), inv.schedule(), 1.0)
+            torch.testing.assert_close(z, w1, atol=1e-4, rtol=1e-4)

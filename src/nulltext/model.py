@@ -388,6 +388,11 @@ def load_model(source: str | Path | None = None, device: str | torch.device | No
             "a .safetensors file, or a hub id that is cached locally"
         ) from None
     unet, vae, text_encoder, text_encoder_2 = c["unet"], c["vae"], c["text_encoder"], c.get("text_encoder_2")
+    tokenizer_2 = c.get("tokenizer_2")
+    if tokenizer_2 is not None and tokenizer_2.model_max_length != c["tokenizer"].model_max_length:
+        raise ModelLoadError(f"cannot load model {source!r}: its two tokenizers read {c['tokenizer'].model_max_length} "
+                             f"and {tokenizer_2.model_max_length} tokens; SDXL's token features are joined position by "
+                             "position — pass a model whose tokenizers agree")
     check_architecture(source, None, unet.config, vae.config, text_encoder.config if text_encoder else None,
                        text_encoder_2.config if text_encoder_2 is not None else None)
     encoders = [m for m in (text_encoder, text_encoder_2) if m is not None]
