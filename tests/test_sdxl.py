@@ -144,3 +144,18 @@ def test_other_inversion_methods_on_sdxl(tiny_xl, method):
             assert torch.equal(inv.null_pooled, cond.pooled.float().expand(6, -1))
             w1 = guided_ddim(tiny_xl, inv.latent_T, cond, tiny_xl.null_conditioning().expand(6), inv.schedule(), 1.0)
             torch.testing.assert_close(z, w1, atol=1e-4, rtol=1e-4)
+
+
+def test_command_line_inverts_edits_and_describes_an_sdxl_file(tiny_xl_dir, tmp_path, capsys):
+    from nulltext.cli import main
+
+    image, caption = data.sample("test", 1, 32)
+    image.save(tmp_path / "photo.png")
+    model = ["--model", str(tiny_xl_dir), "--quiet"]
+    assert main(["invert", str(tmp_path / "photo.png"), "--prompt", caption, "--steps", "3", "--inner-steps", "2",
+                 "-o", str(tmp_path / "x.nti"), *model]) == 0
+    target = caption.replace("circle", "square")
+    assert main(["edit", str(tmp_path / "x.nti"), target, "--blend", "circle,square", "-o", str(tmp_path / "out"), *model]) == 0
+    assert main(["info", str(tmp_path / "x.nti")]) == 0
+    out = capsys.readouterr().out
+    assert "null embeddings (3, 16, 48), pooled (3, 32)" in out and (tmp_path / "out" / "grid.png").exists()
