@@ -159,3 +159,11 @@ def test_command_line_inverts_edits_and_describes_an_sdxl_file(tiny_xl_dir, tmp_
     assert main(["info", str(tmp_path / "x.nti")]) == 0
     out = capsys.readouterr().out
     assert "null embeddings (3, 16, 48), pooled (3, 32)" in out and (tmp_path / "out" / "grid.png").exists()
+
+
+def test_ablation_study_refuses_sdxl_in_one_line(tiny_xl):
+    from nulltext.study import AblationConfig, run_ablation
+
+    with pytest.raises(ValueError, match="runs on SD 1.x/2.x models") as e:
+        run_ablation(tiny_xl, [], AblationConfig())
+    assert "\n" not in str(e.value)
