@@ -57,3 +57,13 @@ def test_fp16_gradient_overflow_is_one_line(photo, monkeypatch):
         invert(model, to_tensor(image), caption, InversionConfig(num_steps=3, inner_steps=2))
     message = str(e.value)
     assert "\n" not in message and "overflowed at step 1/3" in message and "--dtype float32 or bfloat16" in message
+
+
+def test_sdxl_in_fp16_upcasts_its_vae_and_optimises_both_null_parts_in_fp32(tiny_xl_dir, tiny_xl):
+    model = load_model(tiny_xl_dir, device="cpu", dtype="float16")
+    assert model.unet.dtype == model.text_encoder_2.dtype == torch.float16 and model.vae.dtype == torch.float32
+    assert model.identity == tiny_xl.identity  # the same weights, whatever the dtype
+    image, caption = data.sample("test", 1, 32)
+    inv = invert(model, to_tensor(image), caption, InversionConfig(num_steps=3, inner_steps=3))
+    assert inv.null_embeddings.dtype == inv.null_pooled.dtype == torch.float32
+    assert all(0 <= v < float("inf") for v in inv.losses) and torch.isfinite(reconstruct(model, inv)).all()
