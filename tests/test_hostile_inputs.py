@@ -331,6 +331,7 @@ def _checkpoint(path: Path, keys: list[str]) -> Path:
     ("sdxl", "SDXL"),
     ("transformer", "transformer"),
     ("sd_keys", "as a Stable Diffusion 1.x/2.x checkpoint"),  # the right names, but nothing diffusers can build
+    ("sdxl_keys", "as an SDXL checkpoint"),
     ("not_safetensors", "not a readable .safetensors"),
 ])
 def test_a_local_checkpoint_never_reaches_the_network(kind, needle, tmp_path, no_network):
@@ -343,6 +344,8 @@ def test_a_local_checkpoint_never_reaches_the_network(kind, needle, tmp_path, no
             "sdxl": ["conditioner.embedders.0.x", "model.diffusion_model.input_blocks.0.0.weight"],
             "transformer": ["model.diffusion_model.joint_blocks.0.x"],
             "sd_keys": ["model.diffusion_model.input_blocks.0.0.weight", "first_stage_model.x", "cond_stage_model.y"],
+            "sdxl_keys": ["model.diffusion_model.input_blocks.0.0.weight", "first_stage_model.x",
+                          "conditioner.embedders.0.y"],
         }[kind])
     with pytest.raises(ModelLoadError, match=needle) as e:
         load_model(path, device="cpu")
@@ -387,8 +390,19 @@ def _variant(tiny_dir: Path, tmp_path: Path, kind: str) -> Path:
         edit("model_index.json", _class_name="StableDiffusion3Pipeline")
     elif kind == "inpainting":
         edit("unet/config.json", in_channels=9)
-    elif kind == "sdxl":
+    elif kind == "text_time_without_pooled":
         edit("unet/config.json", addition_embed_type="text_time")
+    elif kind == "flux_transformer":
+        shutil.rmtree(folder / "unet")
+        (folder / "transformer").mkdir()
+        edit("model_index.json", _class_name="FluxPipeline", transformer=["diffusers", "FluxTransformer2DModel"], unet=None)
+        index = json.loads((folder / "model_index.json").read_text())
+        del index["unet"]
+        (folder / "model_index.json").write_text(json.dumps(index))
+    elif kind == "image_variation":
+        shutil.rmtree(folder / "text_encoder")
+        edit("model_index.json", _class_name="StableDiffusionImageVariationPipeline",
+             image_encoder=["transformers", "CLIPVisionModelWithProjection"], text_encoder=None)
     elif kind == "no_text_encoder":
         shutil.rmtree(folder / "text_encoder")
     elif kind == "unknown_pipeline":
@@ -398,13 +412,15 @@ def _variant(tiny_dir: Path, tmp_path: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize("kind, needle", [
     ("sd3", "StableDiffusion3Pipeline, Stable Diffusion 3"), ("inpainting", "UNet takes 9"),
-    ("sdxl", "text_time"), ("no_text_encoder", "without a text encoder"), ("unknown_pipeline", "SomeFuturePipeline"),
+    ("text_time_without_pooled", "text_time"), ("no_text_encoder", "without a text encoder"),
+    ("unknown_pipeline", "SomeFuturePipeline"), ("flux_transformer", "FluxPipeline, a diffusion transformer"),
+    ("image_variation", "image-variation model"),
 ])
 def test_unsupported_architectures_are_refused_at_load(kind, needle, tiny_dir, tmp_path, photo, capsys):
     folder = _variant(tiny_dir, tmp_path, kind)
     with pytest.raises(ModelLoadError, match=needle) as e:
         load_model(folder, device="cpu")
-    assert "nulltext supports Stable Diffusion 1.x/2.x (StableDiffusionPipeline" in str(e.value)
+    assert "nulltext supports Stable Diffusion 1.x/2.x and SDXL UNet models (StableDiffusionPipeline" in str(e.value)
     code, out, err = run(capsys, "invert", photo[0], "--prompt", photo[1], "--model", folder, "-o", tmp_path / "x.nti")
     assert_one_line_error(code, err, needle)
     assert not (tmp_path / "x.nti").exists()

@@ -100,7 +100,8 @@ def _settings(config_class, **values):
 def _load_model(args):
     from nulltext.model import load_model
 
-    return load_model(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
+    return load_model(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle,
+                      config=getattr(args, "model_config", None))
 
 
 def _progress(args, total: int, desc: str):
@@ -286,6 +287,7 @@ def cmd_info(args) -> None:
         + (f" from {inv.source_path} crop {inv.crop_box}" if inv.source_path else ""),
         f"model:           {inv.model_source} (weights {inv.model_identity})",
         f"latent:          {tuple(inv.latent_T.shape)}, null embeddings {tuple(inv.null_embeddings.shape)}"
+        + (f", pooled {tuple(inv.null_pooled.shape)}" if inv.null_pooled is not None else "")
         + (", pivot stored" if inv.pivot is not None else ""),
         f"wall time:       {inv.wall_time:.1f} s",
     ]
@@ -449,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--force", action="store_true", help="overwrite existing outputs")
     common.add_argument("--allow-pickle", action="store_true",
                         help="load a pickled .ckpt model (pickles can run code: only from a source you trust)")
+    common.add_argument("--model-config", default=None, metavar="FOLDER",
+                        help="for a single-file --model: a local diffusers folder of the same family whose configs "
+                             "describe it (no network needed)")
     common.add_argument("--debug", action="store_true", help="show the traceback of an error (or set NULLTEXT_DEBUG=1)")
 
     p = argparse.ArgumentParser(prog="nulltext", description=__doc__)

@@ -22,8 +22,8 @@ from nulltext.sampling import StepCallback, guided_ddim, guided_prediction
 def reconstruct(model: Model, inversion: Inversion, callback: StepCallback | None = None) -> torch.Tensor:
     """The inversion's guided reconstruction, an image (1, 3, H, W) in [-1, 1]."""
     check_model(inversion, model)
-    cond = model.encode_text([inversion.prompt])
-    z0 = guided_ddim(model, inversion.latent_T, cond, inversion.null_embeddings, inversion.schedule(),
+    cond = model.text_conditioning([inversion.prompt])
+    z0 = guided_ddim(model, inversion.latent_T, cond, inversion.nulls, inversion.schedule(),
                      inversion.config.guidance_scale, callback, inversion.corrections)
     return model.decode_latents(z0).cpu()
 
@@ -58,11 +58,11 @@ def edit(model: Model, inversion: Inversion, targets: list[str], config: EditCon
     user_mask = None if config.blend_mask is None else latent_mask(config.blend_mask, latent_hw)
     blend = LocalBlend(plan.blend_tokens, plan.subtract_tokens, latent_hw, config, T, user_mask)
     controller = PromptToPrompt(plan, blend)
-    cond = model.encode_text([inversion.prompt, *targets])  # (1+n, tokens, dim)
-    nulls = inversion.null_embeddings  # (T, tokens, dim): ∅_t for every row
-    if config.target_null == "empty":
-        empty = model.encode_text([""]).float().cpu()  # (1, tokens, dim) ψ("")
-        nulls = torch.cat([nulls[:, None].float(), empty.expand(T, n, -1, -1)], dim=1)  # (T, 1+n, tokens, dim)
+    cond = model.text_conditioning([inversion.prompt, *targets])  # (1+n, tokens, dim)
+    nulls = inversion.nulls  # (T, tokens, dim): ∅_t for every row
+    if config.target_null == "empty":  # ∅_t on the source row, ψ("") on the n target rows: (T, 1+n, tokens, dim)
+        empty = model.null_conditioning().float().cpu()
+        nulls = nulls.float().map(lambda x: x[:, None]).join_rows(empty.map(lambda x: x[None].expand(T, n, *x.shape[1:])))
     guided = guided_prediction(model, cond, nulls, inversion.config.guidance_scale, schedule)
 
     def predict(z: torch.Tensor, i: int) -> torch.Tensor:

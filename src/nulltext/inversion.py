@@ -4,14 +4,20 @@ Mokady et al., "Null-text Inversion for Editing Real Images using Guided Diffusi
 
 Notation (the paper's ↔ the code's):
     z*_0 … z*_T     `pivot[0] … pivot[T]`: DDIM inversion at guidance w_pivot (= 1)
-    C = ψ(P)        `cond`: the caption's embedding, never changed
-    ∅_t (φ_t)       `null_embeddings[t − 1]`: the optimised unconditional embedding of step t
+    C = ψ(P)        `cond`: the caption's conditioning, never changed
+    ∅_t (φ_t)       `nulls[t − 1]`: the optimised unconditional conditioning of step t
+                    (`null_embeddings[t − 1]`, and on SDXL also `null_pooled[t − 1]`)
     z̄_t            `z_bar`: the latent that guided sampling with ∅_T … ∅_{t+1} reaches
     w               `config.guidance_scale` (7.5)
 
 Algorithm 1 of the paper: z̄_T = z*_T, ∅_T initialised from ψ(""); for t = T … 1, minimise
 ‖z*_{t−1} − z_{t−1}(z̄_t, ∅_t, C)‖² over ∅_t alone with Adam, then z̄_{t−1} = z_{t−1}(z̄_t, ∅_t, C) and
 ∅_{t−1} starts at ∅_t.
+
+What ∅_t is comes from the model (`nulltext.conditioning`): on SD 1.x/2.x the token embeddings
+(tokens, dim) of ψ(""); on SDXL the token embeddings of both encoders (concatenated) and the pooled
+embedding, optimised together, since both feed the unconditional branch. ∅_t and the loss are fp32
+whatever the model's dtype: the UNet runs in its dtype, the gradient reaches ∅_t through the cast.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Callable, Literal, get_args
 import torch
 import torch.nn.functional as F
 
+from nulltext.conditioning import TextConditioning
 from nulltext.ddim import Schedule, ddim_inverse_step, ddim_step, guided, make_schedule, sample
 from nulltext.model import Model
 from nulltext.sampling import guided_prediction
@@ -109,10 +116,16 @@ class Inversion:
     pivot: torch.Tensor | None = None  # (T+1, C, h, w) z*_0 … z*_T
     model_dtype: str = ""  # the dtype the inversion ran in: ∅_t compensate for its exact numerics
     corrections: torch.Tensor | None = None  # (T, C, h, w) direct inversion: z*_{t−1} − z_{t−1}(z*_t), index t − 1
+    null_pooled: torch.Tensor | None = None  # (T, P) SDXL: the pooled part of ∅_1 … ∅_T
 
     @property
     def num_steps(self) -> int:
         return self.config.num_steps
+
+    @property
+    def nulls(self) -> TextConditioning:
+        """∅_1 … ∅_T as one per-step conditioning: tokens (T, tokens, dim), pooled (T, P) or None."""
+        return TextConditioning(self.null_embeddings, self.null_pooled)
 
     def schedule(self) -> Schedule:
         return make_schedule(self.scheduler_config, self.config.num_steps)
@@ -123,8 +136,8 @@ class Inversion:
 
 
 @torch.no_grad()
-def ddim_invert(model: Model, z0: torch.Tensor, cond: torch.Tensor, schedule: Schedule,
-                guidance_scale: float = 1.0, uncond: torch.Tensor | None = None) -> torch.Tensor:
+def ddim_invert(model: Model, z0: torch.Tensor, cond: TextConditioning | torch.Tensor, schedule: Schedule,
+                guidance_scale: float = 1.0, uncond: TextConditioning | torch.Tensor | None = None) -> torch.Tensor:
     """DDIM inversion z*_0 → z*_T; returns the trajectory (T+1, C, h, w). w = 1 uses the caption only."""
     z = z0.float()
     trajectory = [z]
@@ -149,9 +162,14 @@ class Optimised:
     embeddings: torch.Tensor  # (T, tokens, dim) float32: ∅_1 … ∅_T
     losses: list[float]  # the final loss of each step
     iterations: list[int]  # the Adam iterations each step used
+    pooled: torch.Tensor | None = None  # (T, P) float32: SDXL's pooled part of ∅_1 … ∅_T
+
+    @property
+    def nulls(self) -> TextConditioning:
+        return TextConditioning(self.embeddings, self.pooled)
 
 
-UpdateHook = Callable[[int, torch.Tensor], None]  # (t, ∅_t after an Adam update)
+UpdateHook = Callable[[int, torch.Tensor], None]  # (t, ∅_t's token embeddings after an Adam update)
 
 
 def loss_scale(model: Model) -> float:
@@ -159,15 +177,16 @@ def loss_scale(model: Model) -> float:
     return 2.0**16 if model.dtype == torch.float16 else 1.0
 
 
-def null_text_optimise(model: Model, pivot: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                       schedule: Schedule, config: InversionConfig, callback: Callback | None = None,
-                       on_update: UpdateHook | None = None) -> Optimised:
+def null_text_optimise(model: Model, pivot: torch.Tensor, cond: TextConditioning | torch.Tensor,
+                       uncond: TextConditioning | torch.Tensor, schedule: Schedule, config: InversionConfig,
+                       callback: Callback | None = None, on_update: UpdateHook | None = None) -> Optimised:
     """Algorithm 1 (Mokady et al. 2023): per-step ∅_t so that guided DDIM from z*_T follows the pivot.
 
+    Every part of the unconditional conditioning is optimised (SDXL: tokens and pooled), in fp32.
     `on_update(t, ∅_t)` sees every Adam update (the study's ablation records its checkpoints with it).
     """
     T, w, scale = schedule.num_steps, config.guidance_scale, loss_scale(model)
-    null = uncond.detach().float().clone()  # ∅_T ← ψ("")
+    null = TextConditioning.of(uncond).detach().float().clone()  # ∅_T ← ψ("")
     z_bar = pivot[T : T + 1].to(model.device)  # z̄_T ← z*_T
     nulls, losses, iterations = [None] * T, [0.0] * T, [0] * T
     for k, t in enumerate(range(T, 0, -1)):
@@ -177,7 +196,7 @@ def null_text_optimise(model: Model, pivot: torch.Tensor, cond: torch.Tensor, un
             out_cond = model.predict(z_bar, tau, cond)
         # 2. ∅_t starts at ∅_{t+1}, as a fresh tensor (Adam updates it in place)
         null = null.detach().clone().requires_grad_(True)
-        optimiser = torch.optim.Adam([null], lr=config.learning_rate_at(k), eps=1e-8 * scale)
+        optimiser = torch.optim.Adam(null.tensors(), lr=config.learning_rate_at(k), eps=1e-8 * scale)
         # 3. at most N Adam updates of ‖z*_{t−1} − z_{t−1}(z̄_t, ∅_t, C)‖², stopping early once the loss
         #    is below the step's threshold; the last forward pass gives z̄_{t−1}, so a step that stops
         #    early costs no extra pass
@@ -191,18 +210,19 @@ def null_text_optimise(model: Model, pivot: torch.Tensor, cond: torch.Tensor, un
                 break
             optimiser.zero_grad(set_to_none=True)
             (loss * scale).backward()
-            if not torch.isfinite(null.grad).all():
+            if not null.grads_finite():
                 raise InversionError(f"null-text gradient overflowed at step {k + 1}/{T} (timestep {tau}) — "
                                      "run with --dtype float32 or bfloat16")
             optimiser.step()
             if on_update is not None:
-                on_update(t, null.detach()[0])
+                on_update(t, null.tokens.detach()[0])
         # 4. keep ∅_t, move on along the guided trajectory: z̄_{t−1} = z_{t−1}(z̄_t, ∅_t, C)
-        nulls[t - 1], losses[t - 1], iterations[t - 1] = null.detach()[0].clone(), loss.item(), used
+        nulls[t - 1], losses[t - 1], iterations[t - 1] = null.detach().clone(), loss.item(), used
         z_bar = z_prev.detach()
         if callback is not None:
             callback(StepReport(k + 1, T, tau, used, loss.item()))
-    return Optimised(torch.stack(nulls), losses, iterations)
+    stacked = TextConditioning.cat(nulls)  # (T, …) in step order ∅_1 … ∅_T
+    return Optimised(stacked.tokens, losses, iterations, stacked.pooled)
 
 
 def _check_finite(loss: torch.Tensor, k: int, T: int, tau: int) -> None:
@@ -211,8 +231,8 @@ def _check_finite(loss: torch.Tensor, k: int, T: int, tau: int) -> None:
                              "run with --dtype float32 or a lower --lr")
 
 
-def direct_corrections(model: Model, pivot: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                       schedule: Schedule, guidance_scale: float) -> torch.Tensor:
+def direct_corrections(model: Model, pivot: torch.Tensor, cond: TextConditioning | torch.Tensor,
+                       uncond: TextConditioning | torch.Tensor, schedule: Schedule, guidance_scale: float) -> torch.Tensor:
     """Direct inversion (Ju et al. 2023, "PnP Inversion"): d_t = z*_{t−1} − z_{t−1}(z*_t, ψ(""), C), (T, C, h, w).
 
     Guided sampling that is put back on the pivot after every step; adding d_t after each guided step
@@ -220,7 +240,7 @@ def direct_corrections(model: Model, pivot: torch.Tensor, cond: torch.Tensor, un
     """
     T = schedule.num_steps
     corrections = torch.zeros_like(pivot[1:])
-    nulls = uncond.float().expand(T, -1, -1)
+    nulls = TextConditioning.of(uncond).float().expand(T)
 
     def back_on_pivot(i: int, z_prev: torch.Tensor) -> torch.Tensor:
         target = pivot[i - 1 : i].to(z_prev)
@@ -244,27 +264,28 @@ def invert(model: Model, image: torch.Tensor, prompt: str, config: InversionConf
     model.check_prompt(prompt)
     start = time.perf_counter()
     schedule = make_schedule(model.scheduler_config, config.num_steps)
-    cond, uncond = model.encode_text([prompt]), model.encode_text([""])
+    cond, uncond = model.text_conditioning([prompt]), model.null_conditioning()
     z0 = model.encode_image(image).float()
     pivot = ddim_invert(model, z0, cond, schedule, config.pivot_guidance_scale, uncond)
     corrections = None
     if config.method == "null-text":
         result = null_text_optimise(model, pivot, cond, uncond, schedule, config, callback)
-        nulls, losses, iterations = result.embeddings, result.losses, result.iterations
+        nulls, losses, iterations = result.nulls, result.losses, result.iterations
     elif config.method == "ddim":
-        nulls = uncond.float().expand(config.num_steps, -1, -1).clone()
+        nulls = uncond.float().expand(config.num_steps).clone()
         losses, iterations = [], [0] * config.num_steps
     elif config.method == "negative-prompt":  # Miyake et al. 2023: ∅_t = C, no optimisation
-        nulls = cond.float().expand(config.num_steps, -1, -1).clone()
+        nulls = cond.float().expand(config.num_steps).clone()
         losses, iterations = [], [0] * config.num_steps
     else:  # "direct"  # Ju et al. 2023: keep ψ(""), store the per-step gap to the pivot
-        nulls = uncond.float().expand(config.num_steps, -1, -1).clone()
+        nulls = uncond.float().expand(config.num_steps).clone()
         corrections = direct_corrections(model, pivot, cond, uncond, schedule, config.guidance_scale)
         losses, iterations = corrections.flatten(1).pow(2).mean(1).tolist(), [0] * config.num_steps
     return Inversion(
-        latent_T=pivot[-1:].cpu().clone(), null_embeddings=nulls.cpu(), prompt=prompt, config=config,
+        latent_T=pivot[-1:].cpu().clone(), null_embeddings=nulls.tokens.cpu(), prompt=prompt, config=config,
         scheduler_config=dict(model.scheduler_config), image_size=(image.shape[-1], image.shape[-2]),
         model_source=model.source, model_identity=model.identity, model_dtype=str(model.dtype).removeprefix("torch."),
         losses=losses, inner_iterations=iterations,
-        wall_time=time.perf_counter() - start, pivot=pivot.cpu() if config.keep_pivot else None, corrections=corrections, **provenance,
+        wall_time=time.perf_counter() - start, pivot=pivot.cpu() if config.keep_pivot else None, corrections=corrections,
+        null_pooled=None if nulls.pooled is None else nulls.pooled.cpu(), **provenance,
     )

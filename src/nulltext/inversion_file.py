@@ -1,7 +1,9 @@
 """The inversion file: one .safetensors file, tensors plus a JSON header.
 
 Tensors: `latent_T` (1,C,h,w), `null_embeddings` (T,tokens,dim), optionally `pivot` (T+1,C,h,w),
-`photo` (H,W,3) uint8 and, for direct inversion, `corrections` (T,C,h,w). The header metadata holds
+`photo` (H,W,3) uint8, for direct inversion `corrections` (T,C,h,w), and for SDXL `null_pooled` (T,P),
+the pooled part of ∅_t that SDXL's pipeline takes as `negative_pooled_prompt_embeds` (its size
+micro-conditioning follows from the image size in the header). The header metadata holds
 namespaced keys `nulltext.format` = "nulltext-inversion", `nulltext.format_version` and
 `nulltext.header` = JSON of everything else (prompt, settings, scheduler config, sizes, crop, model
 source and identity, per-step losses and iterations, wall time, nulltext version), and `format` = "pt",
@@ -34,7 +36,7 @@ from nulltext.outputs import publish
 
 FORMAT = "nulltext-inversion"
 FORMAT_VERSION = 1
-_TENSORS = ("latent_T", "null_embeddings", "pivot", "photo", "corrections")
+_TENSORS = ("latent_T", "null_embeddings", "pivot", "photo", "corrections", "null_pooled")
 
 
 class InversionFileError(ValueError):
@@ -195,7 +197,7 @@ def _from_header(raw, tensors: dict[str, torch.Tensor], where: str) -> Inversion
             inner_iterations=_get(h, "inner_iterations", _ints(None, 0), [], "a list of whole numbers ≥ 0"),
             wall_time=float(_get(h, "wall_time", lambda v: _finite(v) and v >= 0, 0.0, "a number ≥ 0")),
             model_dtype=_get(h, "model_dtype", lambda v: v in _DTYPES, "", "one of " + ", ".join(_DTYPES[1:])),
-            pivot=tensors.get("pivot"), corrections=tensors.get("corrections"),
+            pivot=tensors.get("pivot"), corrections=tensors.get("corrections"), null_pooled=tensors.get("null_pooled"),
         )
     except _Bad as e:
         raise InversionFileError(f"{where} has a damaged nulltext header: it {e} — {_REINVERT}") from None
@@ -248,7 +250,8 @@ def _inconsistency(inv: Inversion) -> str | None:
         return f"its image size {_short(inv.image_size)} is not two whole numbers 1…{MAX_IMAGE_SIDE}"
     W, H = size
     for name, t, ndim in (("latent_T", inv.latent_T, 4), ("null_embeddings", inv.null_embeddings, 3),
-                          ("pivot", inv.pivot, 4), ("corrections", inv.corrections, 4)):
+                          ("pivot", inv.pivot, 4), ("corrections", inv.corrections, 4),
+                          ("null_pooled", inv.null_pooled, 2)):
         if t is not None or name in ("latent_T", "null_embeddings"):
             problem = _tensor_problem(name, t, ndim)
             if problem:
@@ -259,6 +262,8 @@ def _inconsistency(inv: Inversion) -> str | None:
     C, h, w = latent[1:]
     if inv.null_embeddings.shape[0] != T:
         return f"null_embeddings has shape {tuple(inv.null_embeddings.shape)}, expected ({T}, tokens, dim) for {T} steps"
+    if inv.null_pooled is not None and inv.null_pooled.shape[0] != T:
+        return f"null_pooled has shape {tuple(inv.null_pooled.shape)}, expected ({T}, dim) for {T} steps"
     if inv.pivot is not None and tuple(inv.pivot.shape) != (T + 1, C, h, w):
         return f"pivot has shape {tuple(inv.pivot.shape)}, expected {(T + 1, C, h, w)}"
     if inv.config.method == "direct" and inv.corrections is None:
@@ -296,7 +301,8 @@ def check_model(inv: Inversion, model: Model, path: str | Path | None = None) ->
     W, H = inv.image_size
     f, m = model.vae_scale_factor, model.size_multiple
     tokens, dim = inv.null_embeddings.shape[1:]
-    hidden = model.text_encoder.config.hidden_size
+    hidden, pooled = model.text_dim, model.pooled_dim
+    stored_pooled = None if inv.null_pooled is None else int(inv.null_pooled.shape[1])
     problem = None
     if C != model.latent_channels:
         problem = f"its latent has {C} channels, the model's UNet takes {model.latent_channels}"
@@ -306,6 +312,10 @@ def check_model(inv: Inversion, model: Model, path: str | Path | None = None) ->
         problem = f"its image size {W}x{H} is not a multiple of {m}, which this model needs"
     elif (tokens, dim) != (model.max_tokens, hidden):
         problem = f"its null embeddings are {tokens}×{dim}, the model's text encoder gives {model.max_tokens}×{hidden}"
+    elif stored_pooled != pooled:
+        problem = (f"it has no pooled null embeddings, which this SDXL model needs ({pooled} wide)" if stored_pooled is None
+                   else f"its pooled null embeddings are {stored_pooled} wide, the model takes "
+                        f"{pooled if pooled is not None else 'none (it is not an SDXL model)'}")
     elif make_schedule(inv.scheduler_config, inv.config.num_steps).prediction_type != \
             model.scheduler_config.get("prediction_type", "epsilon"):
         problem = "its scheduler's prediction type differs from the model's"

@@ -13,39 +13,43 @@ from typing import Callable
 
 import torch
 
+from nulltext.conditioning import TextConditioning
 from nulltext.ddim import Predict, Schedule, guided, sample
 from nulltext.model import Model
 
 StepCallback = Callable[[int, int], None]  # (steps done, total)
 
 
-def guided_prediction(model: Model, cond: torch.Tensor, nulls: torch.Tensor, guidance_scale: float,
-                      schedule: Schedule) -> Predict:
+def guided_prediction(model: Model, cond: TextConditioning | torch.Tensor, nulls: TextConditioning | torch.Tensor,
+                      guidance_scale: float, schedule: Schedule) -> Predict:
     """(z_i, i) → u + w (c − u) with u = ε(z_i, ∅_i), c = ε(z_i, C): one UNet batch per step.
 
-    cond is (B, tokens, dim), or (T, B, tokens, dim) for a caption embedding per step; nulls (T, tokens, dim)
-    for all rows, or (T, B, tokens, dim) for an unconditional embedding per row.
+    cond's tokens are (B, tokens, dim), or (T, B, tokens, dim) for a caption embedding per step;
+    nulls' are (T, tokens, dim) for every row, or (T, B, tokens, dim) for an unconditional embedding per row
+    (a bare tensor is token embeddings alone: SD 1.x/2.x).
     """
+    cond, nulls = TextConditioning.of(cond), TextConditioning.of(nulls)
 
     def predict(z: torch.Tensor, i: int) -> torch.Tensor:
         B = z.shape[0]
-        null = nulls[i - 1].to(model.device).expand(B, -1, -1) if nulls.ndim == 4 else \
-            nulls[i - 1 : i].to(model.device).expand(B, -1, -1)  # (B, tokens, dim)
-        c = cond if cond.ndim == 3 else cond[i - 1].to(model.device)  # (B, tokens, dim)
-        out = model.predict(torch.cat([z, z]), schedule.timestep(i), torch.cat([null, c]))
+        null = nulls.map(lambda x: x[i - 1]).to(model.device) if nulls.tokens.ndim == 4 else \
+            nulls[i - 1 : i].to(model.device).expand(B)  # (B, tokens, dim)
+        c = cond if cond.tokens.ndim == 3 else cond.map(lambda x: x[i - 1]).to(model.device)  # (B, tokens, dim)
+        out = model.predict(torch.cat([z, z]), schedule.timestep(i), TextConditioning.cat([null, c]))
         return guided(*out.chunk(2), guidance_scale)
 
     return predict
 
 
-def guided_ddim(model: Model, latent_T: torch.Tensor, cond: torch.Tensor, nulls: torch.Tensor, schedule: Schedule,
+def guided_ddim(model: Model, latent_T: torch.Tensor, cond: TextConditioning | torch.Tensor,
+                nulls: TextConditioning | torch.Tensor, schedule: Schedule,
                 guidance_scale: float, callback: StepCallback | None = None,
                 corrections: torch.Tensor | None = None) -> torch.Tensor:
     """Guided DDIM (eq. 12, η = 0) from z_T (1 or B, C, h, w) to z_0 with ∅_t at step t.
 
     `corrections` (T, C, h, w), from direct inversion, are added after step t at index t − 1.
     """
-    B, T = cond.shape[-3], schedule.num_steps
+    B, T = TextConditioning.of(cond).tokens.shape[-3], schedule.num_steps
     z = latent_T.to(model.device).float().expand(B, -1, -1, -1)
 
     def after_step(i: int, z_prev: torch.Tensor) -> torch.Tensor | None:

@@ -1,0 +1,69 @@
+"""Half precision on the CPU: bf16 and fp16 null-text inversion keeps ∅_t and the loss in fp32 and lands
+where fp32 does; an overflow stops with one line."""
+
+import pytest
+import torch
+
+import nulltext.inversion as inversion_module
+from nulltext.bundled import data
+from nulltext.editing import reconstruct
+from nulltext.images import to_pil, to_tensor
+from nulltext.inversion import InversionConfig, InversionError, invert
+from nulltext.metrics import psnr
+from nulltext.model import load_model
+
+CONFIG = InversionConfig(num_steps=5, inner_steps=4)
+SIZE = 32  # the bundled model at half its side: a quarter of the cost, the trained VAE's PSNR still meaningful
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return data.sample("test", 1, SIZE)
+
+
+@pytest.fixture(scope="module")
+def fp32_psnr(bundled, photo):
+    image, caption = photo
+    return psnr(to_pil(reconstruct(bundled, invert(bundled, to_tensor(image), caption, CONFIG)))[0], image)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_inversion_matches_fp32(dtype, photo, fp32_psnr, monkeypatch):
+    model = load_model(device="cpu", dtype=dtype)
+    assert model.dtype == getattr(torch, dtype) and model.vae.dtype == (torch.float32 if dtype == "float16" else model.dtype)
+    losses = []
+    real_mse = inversion_module.F.mse_loss
+
+    def recording_mse(a, b):  # what Algorithm 1's loss is computed in
+        losses.append((a.dtype, b.dtype))
+        return real_mse(a, b)
+
+    monkeypatch.setattr(inversion_module.F, "mse_loss", recording_mse)
+    image, caption = photo
+    inv = invert(model, to_tensor(image), caption, CONFIG)
+    assert losses and set(losses) == {(torch.float32, torch.float32)}
+    assert inv.null_embeddings.dtype == torch.float32 and inv.model_dtype == dtype
+    assert sum(inv.inner_iterations) > 0 and all(map(lambda v: 0 <= v < 1, inv.losses))
+    got = psnr(to_pil(reconstruct(model, inv))[0], image)
+    assert abs(got - fp32_psnr) <= 0.5, f"{dtype} reconstruction {got:.2f} dB vs fp32 {fp32_psnr:.2f} dB"
+
+
+def test_fp16_gradient_overflow_is_one_line(photo, monkeypatch):
+    """A loss scale far past fp16's range overflows the gradient: one line naming the fix, not NaN embeddings."""
+    model = load_model(device="cpu", dtype="float16")
+    monkeypatch.setattr(inversion_module, "loss_scale", lambda model: 2.0**60)
+    image, caption = photo
+    with pytest.raises(InversionError) as e:
+        invert(model, to_tensor(image), caption, InversionConfig(num_steps=3, inner_steps=2))
+    message = str(e.value)
+    assert "\n" not in message and "overflowed at step 1/3" in message and "--dtype float32 or bfloat16" in message
+
+
+def test_sdxl_in_fp16_upcasts_its_vae_and_optimises_both_null_parts_in_fp32(tiny_xl_dir, tiny_xl):
+    model = load_model(tiny_xl_dir, device="cpu", dtype="float16")
+    assert model.unet.dtype == model.text_encoder_2.dtype == torch.float16 and model.vae.dtype == torch.float32
+    assert model.identity == tiny_xl.identity  # the same weights, whatever the dtype
+    image, caption = data.sample("test", 1, 32)
+    inv = invert(model, to_tensor(image), caption, InversionConfig(num_steps=3, inner_steps=3))
+    assert inv.null_embeddings.dtype == inv.null_pooled.dtype == torch.float32
+    assert all(0 <= v < float("inf") for v in inv.losses) and torch.isfinite(reconstruct(model, inv)).all()
