@@ -1,16 +1,20 @@
 """Sampling from an inversion: reconstruction, Prompt-to-Prompt edits, attention maps.
 
 Guided DDIM from z*_T with the optimised ∅_t as the unconditional embedding of step t (the paper's
-sec. 3.3: "we use the optimised unconditional embeddings ∅_T … ∅_1 with the target prompt P*").
+sec. 3.3: "we use the optimised unconditional embeddings ∅_T … ∅_1 with the target prompt P*"). Edits
+differ from the paper by default: rows with another caption than the source's get ψ("")
+(`EditConfig.target_null`; README, "Which defaults differ from the authors'").
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 from nulltext.attention import controlled, to_latent_grid
+from nulltext.conditioning import TextConditioning
 from nulltext.ddim import sample
 from nulltext.inversion import Inversion
 from nulltext.inversion_file import check_model
@@ -60,9 +64,13 @@ def edit(model: Model, inversion: Inversion, targets: list[str], config: EditCon
     controller = PromptToPrompt(plan, blend)
     cond = model.text_conditioning([inversion.prompt, *targets])  # (1+n, tokens, dim)
     nulls = inversion.nulls  # (T, tokens, dim): ∅_t for every row
-    if config.target_null == "empty":  # ∅_t on the source row, ψ("") on the n target rows: (T, 1+n, tokens, dim)
-        empty = model.null_conditioning().float().cpu()
-        nulls = nulls.float().map(lambda x: x[:, None]).join_rows(empty.map(lambda x: x[None].expand(T, n, *x.shape[1:])))
+    if config.target_null == "empty" and any(p != inversion.prompt for p in targets):
+        # ψ("") on the rows with another caption; ∅_t, fitted to the source caption, on the rest (the source
+        # row, re-weightings of the source caption): (T, 1+n, tokens, dim)
+        own, empty = nulls.float().map(lambda x: x[:, None]), model.null_conditioning().float().to("cpu")
+        rows = [own] + [own if p == inversion.prompt else empty.map(lambda x: x[None].expand(T, 1, *x.shape[1:]))
+                        for p in targets]
+        nulls = functools.reduce(TextConditioning.join_rows, rows)
     guided = guided_prediction(model, cond, nulls, inversion.config.guidance_scale, schedule)
 
     def predict(z: torch.Tensor, i: int) -> torch.Tensor:

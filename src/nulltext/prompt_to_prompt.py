@@ -55,8 +55,9 @@ class EditConfig:
 
     mode: Mode = "auto"  # auto: replace when word counts match, else refine
     # Unconditional embedding of the target rows. "inverted": the inversion's ∅_t, as the paper does
-    # (Mokady et al. sec. 3.3, "∅_t with P*"). "empty": ψ(""); ∅_t then steer the source row only, which
-    # follows the pivot and lends the targets its attention. ∅_t are fitted to the source row's latents
+    # (Mokady et al. sec. 3.3, "∅_t with P*"). "empty": ψ("") on every row whose caption differs from the
+    # source's; ∅_t then steer the source row (and re-weightings of its caption), which follows the pivot
+    # and lends the targets its attention. ∅_t are fitted to the source row's latents
     # and caption; on a target row they act as a negative prompt that carries the source's content
     # (README, "Which defaults differ from the authors'").
     target_null: TargetNull = "empty"
