@@ -26,8 +26,9 @@ browser:
 demo: $(VENV)/.installed
 	$(VENV)/bin/nulltext demo -o demo-out --force
 
+# one test file per worker, a worker per core, one torch thread each (faster than one process on both cores)
 test: $(VENV)/.installed browser
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/inversion_benchmark.py
