@@ -1,19 +1,16 @@
 """SD 2.x-style models and other sizes: v-prediction with penultimate-layer text features at a non-square
 size on a tiny model from config, and non-square photos on the bundled model."""
 
-import dataclasses
 
 import torch
 from transformers import CLIPTextModel
 
 from nulltext.bundled import data
-from nulltext.editing import edit, reconstruct
-from nulltext.images import to_pil, to_tensor
-from nulltext.inversion import InversionConfig, invert
-from nulltext.metrics import psnr
+from nulltext.editing import edit
+from nulltext.inversion import InversionConfig
 from nulltext.model import load_model
 from nulltext.prompt_to_prompt import EditConfig
-from nulltext.sampling import guided_ddim
+from pivot_checks import null_text_against_ddim
 from test_stock_pipeline import stock_reconstruction
 
 
@@ -44,20 +41,12 @@ def test_v_prediction_at_a_non_square_size_inverts_edits_and_replays(tiny_sd2_di
     assert model.scheduler_config["prediction_type"] == "v_prediction"
     square, caption = data.sample("test", 2, 48)
     image = _crop(square, 48, 32)
-    x = to_tensor(image)  # (1, 3, 32, 48)
-    config = InversionConfig(num_steps=8, inner_steps=10, early_stop=0.0, early_stop_growth=0.0)
-    nt = invert(model, x, caption, config)
-    dd = invert(model, x, caption, dataclasses.replace(config, method="ddim"))
+    check = null_text_against_ddim(model, image, caption, InversionConfig(num_steps=8, inner_steps=10, early_stop=0.0,
+                                                                          early_stop_growth=0.0))
+    nt, ours = check.null_text, check.reconstruction
     assert nt.image_size == (48, 32) and nt.latent_T.shape[-2:] == (16, 24)
-    z0, cond = model.encode_image(x), model.text_conditioning([caption])
-    with torch.no_grad():
-        e_nt = ((guided_ddim(model, nt.latent_T, cond, nt.nulls, nt.schedule(), 7.5) - z0) ** 2).mean().item()
-        e_dd = ((guided_ddim(model, dd.latent_T, cond, dd.nulls, dd.schedule(), 7.5) - z0) ** 2).mean().item()
-    assert e_nt * 2 <= e_dd, f"latent MSE null-text {e_nt:.2e} vs DDIM {e_dd:.2e}"
-    bound = psnr(to_pil(model.decode_latents(z0))[0], image)
-    ours = reconstruct(model, nt)
-    got = psnr(to_pil(ours)[0], image)
-    assert got >= bound - 0.5, f"null-text PSNR {got:.2f} dB vs VAE bound {bound:.2f} dB"
+    assert check.mse_null_text * 2 <= check.mse_ddim, f"latent MSE null-text {check.mse_null_text:.2e} vs DDIM {check.mse_ddim:.2e}"
+    assert check.psnr >= check.vae_bound - 0.5, f"null-text PSNR {check.psnr:.2f} dB vs VAE bound {check.vae_bound:.2f} dB"
     result = edit(model, nt, [caption.replace(caption.split()[1], "purple")], EditConfig())
     assert result.images.shape == (2, 3, 32, 48) and (result.images[0] - ours[0]).abs().max() < 1e-4
     assert (result.images[1] - result.images[0]).abs().mean() > 1e-3
@@ -68,17 +57,10 @@ def test_v_prediction_at_a_non_square_size_inverts_edits_and_replays(tiny_sd2_di
 def test_bundled_model_inverts_and_edits_a_non_square_photo(bundled):
     square, caption = data.sample("test", 4, 96)
     image = _crop(square, 96, 64)
-    config = InversionConfig(num_steps=6, inner_steps=4)
-    inv = invert(bundled, to_tensor(image), caption, config)
+    check = null_text_against_ddim(bundled, image, caption, InversionConfig(num_steps=6, inner_steps=4))
+    inv, ours = check.null_text, check.reconstruction
     assert inv.latent_T.shape[-2:] == (16, 24)
-    dd = invert(bundled, to_tensor(image), caption, dataclasses.replace(config, method="ddim"))
-    z0, cond = bundled.encode_image(to_tensor(image)), bundled.text_conditioning([caption])
-    with torch.no_grad():
-        z_nt = guided_ddim(bundled, inv.latent_T, cond, inv.nulls, inv.schedule(), 7.5)
-        z_dd = guided_ddim(bundled, dd.latent_T, cond, dd.nulls, dd.schedule(), 7.5)
-    e_nt, e_dd = ((z_nt - z0) ** 2).mean().item(), ((z_dd - z0) ** 2).mean().item()
-    ours = reconstruct(bundled, inv)
-    got, plain = psnr(to_pil(ours)[0], image), psnr(to_pil(bundled.decode_latents(z_dd))[0], image)
+    e_nt, e_dd, got, plain = check.mse_null_text, check.mse_ddim, check.psnr, check.ddim_psnr
     assert e_nt * 3 <= e_dd and got > plain, f"96×64: latent MSE {e_nt:.2e} vs DDIM {e_dd:.2e}, {got:.2f} vs {plain:.2f} dB"
     target = caption.replace(caption.split()[2], "circle" if caption.split()[2] != "circle" else "square")
     result = edit(bundled, inv, [target], EditConfig(blend_words=[caption.split()[2]]))

@@ -10,12 +10,12 @@ from diffusers import DDIMScheduler, StableDiffusionXLPipeline
 
 from nulltext.bundled import data
 from nulltext.editing import attention_maps, edit, reconstruct
-from nulltext.images import to_pil, to_tensor
+from nulltext.images import to_tensor
 from nulltext.inversion import InversionConfig, invert
 from nulltext.inversion_file import InversionFileError, check_model, load_inversion, save_inversion
-from nulltext.metrics import psnr
 from nulltext.prompt_to_prompt import EditConfig
 from nulltext.sampling import guided_ddim
+from pivot_checks import null_text_against_ddim
 
 
 def _pipeline(model, scheduler_config) -> StableDiffusionXLPipeline:
@@ -58,20 +58,14 @@ def test_null_text_follows_the_pivot_where_ddim_drifts(tiny_xl):
     step) only reaches ~1.5× here; 30 at 1e-1 reaches the bar (README, "Model families").
     """
     image, caption = data.sample("test", 3, tiny_xl.default_size[0])
-    x = to_tensor(image)
     config = InversionConfig(num_steps=10, inner_steps=30, learning_rate=0.1, early_stop=0.0, early_stop_growth=0.0)
-    nt = invert(tiny_xl, x, caption, config)
-    dd = invert(tiny_xl, x, caption, dataclasses.replace(config, method="ddim"))
+    check = null_text_against_ddim(tiny_xl, image, caption, config)
+    nt = check.null_text
     assert nt.null_pooled.shape == (10, 32) and nt.null_pooled.dtype == torch.float32
     assert not torch.equal(nt.null_pooled[0], nt.null_pooled[-1])  # the pooled part is optimised too
-    z0, cond = tiny_xl.encode_image(x), tiny_xl.text_conditioning([caption])
-    with torch.no_grad():
-        e_nt = ((guided_ddim(tiny_xl, nt.latent_T, cond, nt.nulls, nt.schedule(), 7.5) - z0) ** 2).mean().item()
-        e_dd = ((guided_ddim(tiny_xl, dd.latent_T, cond, dd.nulls, dd.schedule(), 7.5) - z0) ** 2).mean().item()
-    assert e_nt * 10 <= e_dd, f"latent MSE null-text {e_nt:.2e} vs DDIM {e_dd:.2e}"
-    bound = psnr(to_pil(tiny_xl.decode_latents(z0))[0], image)
-    got = psnr(to_pil(reconstruct(tiny_xl, nt))[0], image)
-    assert got >= bound - 0.5, f"null-text PSNR {got:.2f} dB vs VAE bound {bound:.2f} dB"
+    assert check.mse_null_text * 10 <= check.mse_ddim, \
+        f"latent MSE null-text {check.mse_null_text:.2e} vs DDIM {check.mse_ddim:.2e}"
+    assert check.psnr >= check.vae_bound - 0.5, f"null-text PSNR {check.psnr:.2f} dB vs VAE bound {check.vae_bound:.2f} dB"
 
 
 def test_inversion_file_round_trip_is_bit_identical(tiny_xl, tiny, inversion, tmp_path):
