@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from nulltext.conditioning import TextConditioning
 from nulltext.ddim import ddim_step, guided, make_schedule
 from nulltext.inversion import (
     Callback,
@@ -54,7 +55,7 @@ class _Photo:
     """One photo's running state in the batch: its ∅_t, Adam, and what each step left."""
 
     index: int
-    null: torch.Tensor  # (1, tokens, dim) float32, the current ∅_t
+    null: TextConditioning  # a batch of one, float32: the current ∅_t (SDXL: tokens and pooled)
     nulls: list  # ∅_1 … ∅_T, filled from T down
     losses: list[float]
     iterations: list[int]
@@ -87,11 +88,12 @@ def invert_batch(model: Model, images: torch.Tensor | list[torch.Tensor], prompt
     start = time.perf_counter()
     K, T = len(images), config.num_steps
     schedule = make_schedule(model.scheduler_config, T)
-    cond = torch.cat([model.encode_text([p]) for p in prompts])  # (K, tokens, dim), each encoded alone as in `invert`
-    uncond = model.encode_text([""])  # (1, tokens, dim)
+    # (K, tokens, dim), each encoded alone as in `invert`
+    cond = TextConditioning.cat([model.text_conditioning([p]) for p in prompts])
+    uncond = model.null_conditioning()  # (1, tokens, dim)
     # photo by photo through the VAE, so z0 does not depend on the batch (as `decode_latents`)
     z0 = torch.cat([model.encode_image(im).float() for im in images])  # (K, C, h, w)
-    trajectory = ddim_invert(model, z0, cond, schedule, config.pivot_guidance_scale, uncond.expand(K, -1, -1))
+    trajectory = ddim_invert(model, z0, cond, schedule, config.pivot_guidance_scale, uncond.expand(K))
     pivots = trajectory.view(T + 1, K, *z0.shape[1:])  # (T+1, K, C, h, w): z*_0 … z*_T of each photo
     photos = [_Photo(i, uncond.detach().float().clone(), [None] * T, [0.0] * T, [0] * T) for i in range(K)]
     _optimise(model, pivots, cond, photos, schedule, config, callback, on_error)
@@ -102,8 +104,10 @@ def invert_batch(model: Model, images: torch.Tensor | list[torch.Tensor], prompt
             results.append(p.error)
             continue
         pivot = pivots[:, p.index].contiguous()  # (T+1, C, h, w)
+        nulls = TextConditioning.cat(p.nulls).to("cpu")  # (T, …) ∅_1 … ∅_T
         results.append(Inversion(
-            latent_T=pivot[-1:].cpu().clone(), null_embeddings=torch.stack(p.nulls).cpu(), prompt=prompts[p.index],
+            latent_T=pivot[-1:].cpu().clone(), null_embeddings=nulls.tokens, null_pooled=nulls.pooled,
+            prompt=prompts[p.index],
             config=config, scheduler_config=dict(model.scheduler_config),
             image_size=(images[p.index].shape[-1], images[p.index].shape[-2]), model_source=model.source,
             model_identity=model.identity, model_dtype=str(model.dtype).removeprefix("torch."), losses=p.losses,
@@ -112,7 +116,7 @@ def invert_batch(model: Model, images: torch.Tensor | list[torch.Tensor], prompt
     return results
 
 
-def _optimise(model: Model, pivots: torch.Tensor, cond: torch.Tensor, photos: list[_Photo], schedule,
+def _optimise(model: Model, pivots: torch.Tensor, cond: TextConditioning, photos: list[_Photo], schedule,
               config: InversionConfig, callback: Callback | None, on_error: OnError) -> None:
     """Algorithm 1 for every photo of `photos` at once, filling their ∅_t, losses and iterations in place."""
     T, w, scale = schedule.num_steps, config.guidance_scale, loss_scale(model)
@@ -130,7 +134,7 @@ def _optimise(model: Model, pivots: torch.Tensor, cond: torch.Tensor, photos: li
         # 2. each photo's ∅_t starts at its ∅_{t+1}, with its own Adam
         for p in alive:
             p.null = p.null.detach().clone().requires_grad_(True)
-        optimisers = {p.index: torch.optim.Adam([p.null], lr=config.learning_rate_at(k), eps=1e-8 * scale) for p in alive}
+        optimisers = {p.index: torch.optim.Adam(p.null.tensors(), lr=config.learning_rate_at(k), eps=1e-8 * scale) for p in alive}
         z_next = {}  # photo index → z̄_{t−1}
         active, used, worst = list(alive), 0, (0, 0.0)
         # 3. inner iterations: one UNet batch of the photos still optimising; a photo whose loss is below
@@ -138,7 +142,7 @@ def _optimise(model: Model, pivots: torch.Tensor, cond: torch.Tensor, photos: li
         while active:
             idx = [p.index for p in active]
             with torch.set_grad_enabled(used < config.inner_steps):
-                nulls = torch.cat([p.null for p in active])  # (B, tokens, dim)
+                nulls = TextConditioning.cat([p.null for p in active])  # (B, tokens, dim)
                 out = model.predict(z_bar[idx], tau, nulls)
                 z_prev = ddim_step(guided(out, torch.cat([out_cond[i] for i in idx]), w), z_bar[idx], t, schedule)
                 losses = [F.mse_loss(z_prev[j : j + 1], targets[i : i + 1]) for j, i in enumerate(idx)]
@@ -151,7 +155,7 @@ def _optimise(model: Model, pivots: torch.Tensor, cond: torch.Tensor, photos: li
                     continue
                 if loss.item() < config.threshold_at(k) or used == config.inner_steps:
                     z_next[p.index] = z_prev[j : j + 1].detach()
-                    p.nulls[t - 1], p.losses[t - 1], p.iterations[t - 1] = p.null.detach()[0].clone(), loss.item(), used
+                    p.nulls[t - 1], p.losses[t - 1], p.iterations[t - 1] = p.null.detach().clone(), loss.item(), used
                     worst = (max(worst[0], used), max(worst[1], loss.item()))
                 else:
                     stepping.append((p, loss))
@@ -162,7 +166,7 @@ def _optimise(model: Model, pivots: torch.Tensor, cond: torch.Tensor, photos: li
             (torch.stack([loss for _, loss in stepping]).sum() * scale).backward()  # each ∅_t gets its own gradient
             active = []
             for p, _ in stepping:
-                if not torch.isfinite(p.null.grad).all():
+                if not p.null.grads_finite():
                     _fail(p, InversionError(f"null-text gradient overflowed at step {k + 1}/{T} (timestep {tau}) — "
                                             "run with --dtype float32 or bfloat16"), on_error)
                     continue

@@ -63,7 +63,7 @@ class TextConditioning:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def __getitem__(self, index: int | slice) -> TextConditioning:
+    def __getitem__(self, index: int | slice | list[int]) -> TextConditioning:
         """Rows of the batch; an integer keeps the batch dimension (row i as a batch of one)."""
         rows = slice(index, index + 1) if isinstance(index, int) else index
         if isinstance(index, int) and index == -1:
