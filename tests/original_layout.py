@@ -48,25 +48,24 @@ def _unet_key(key: str, config) -> str:
             rest = rest.replace(old, new)
         return rest
 
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
-        b, j, rest = int(m[1]), int(m[2]), m[3]
-        return f"input_blocks.{b * (L + 1) + j + 1}.0.{resnet(rest)}"
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", key):
-        return f"input_blocks.{int(m[1]) * (L + 1) + int(m[2]) + 1}.1.{m[3]}"
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
-        return f"input_blocks.{(int(m[1]) + 1) * (L + 1)}.0.op.{m[2]}"
-    if m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", key):
-        return f"middle_block.{2 * int(m[1])}.{resnet(m[2])}"
-    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", key):
-        return f"middle_block.1.{m[1]}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
-        return f"output_blocks.{int(m[1]) * (L + 1) + int(m[2])}.0.{resnet(m[3])}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", key):
-        return f"output_blocks.{int(m[1]) * (L + 1) + int(m[2])}.1.{m[3]}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
-        b = int(m[1])
-        slot = 2 if "CrossAttn" in config.up_block_types[b] else 1
-        return f"output_blocks.{b * (L + 1) + L}.{slot}.conv.{m[2]}"
+    def up_slot(b: int) -> int:  # an up block's upsampler follows its resnet (and its attention, if any)
+        return 2 if "CrossAttn" in config.up_block_types[b] else 1
+
+    # diffusers name → original name; `n` is the block index, `j` the layer in it, `r` the rest of the key
+    rules = [
+        (r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", lambda n, j, r: f"input_blocks.{n * (L + 1) + j + 1}.0.{resnet(r)}"),
+        (r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", lambda n, j, r: f"input_blocks.{n * (L + 1) + j + 1}.1.{r}"),
+        (r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", lambda n, r: f"input_blocks.{(n + 1) * (L + 1)}.0.op.{r}"),
+        (r"mid_block\.resnets\.(\d+)\.(.+)", lambda j, r: f"middle_block.{2 * j}.{resnet(r)}"),
+        (r"mid_block\.attentions\.0\.(.+)", lambda r: f"middle_block.1.{r}"),
+        (r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", lambda n, j, r: f"output_blocks.{n * (L + 1) + j}.0.{resnet(r)}"),
+        (r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", lambda n, j, r: f"output_blocks.{n * (L + 1) + j}.1.{r}"),
+        (r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)",
+         lambda n, r: f"output_blocks.{n * (L + 1) + L}.{up_slot(n)}.conv.{r}"),
+    ]
+    for pattern, original in rules:
+        if m := re.fullmatch(pattern, key):
+            return original(*(int(g) if g.isdigit() else g for g in m.groups()))
     raise KeyError(f"no original-format name for UNet tensor {key}")
 
 
@@ -93,8 +92,8 @@ def _vae_key(key: str, value: torch.Tensor, levels: int) -> tuple[str, torch.Ten
     raise KeyError(f"no original-format name for VAE tensor {key}")
 
 
-def original_state_dict(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
-    """The three models' weights under original SD 1.x checkpoint names (fresh contiguous tensors)."""
+def _unet_vae_and_clip(unet, vae, text_encoder, clip_prefix: str) -> dict[str, torch.Tensor]:
+    """UNet and VAE under their original names, and a transformers CLIP text model under `clip_prefix`."""
     out = {LDM_UNET_KEY + _unet_key(k, unet.config): v for k, v in unet.state_dict().items()}
     levels = len(vae.config.block_out_channels)
     for k, v in vae.state_dict().items():
@@ -102,7 +101,13 @@ def original_state_dict(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
         out["first_stage_model." + name] = value
     for k, v in text_encoder.state_dict().items():
         name = k if k.startswith("text_model.") else "text_model." + k  # transformers ≥ 5.6 dropped the wrapper
-        out["cond_stage_model.transformer." + name] = v
+        out[clip_prefix + name] = v
+    return out
+
+
+def original_state_dict(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
+    """The three models' weights under original SD 1.x checkpoint names (fresh contiguous tensors)."""
+    out = _unet_vae_and_clip(unet, vae, text_encoder, "cond_stage_model.transformer.")
     return {k: v.detach().contiguous().clone() for k, v in out.items()}
 
 
@@ -131,13 +136,6 @@ def _open_clip(text_encoder, prefix: str) -> dict[str, torch.Tensor]:
 
 def original_sdxl_state_dict(unet, vae, text_encoder, text_encoder_2) -> dict[str, torch.Tensor]:
     """The four models' weights under original SDXL checkpoint names (fresh contiguous tensors)."""
-    out = {LDM_UNET_KEY + _unet_key(k, unet.config): v for k, v in unet.state_dict().items()}
-    levels = len(vae.config.block_out_channels)
-    for k, v in vae.state_dict().items():
-        name, value = _vae_key(k, v, levels)
-        out["first_stage_model." + name] = value
-    for k, v in text_encoder.state_dict().items():
-        name = k if k.startswith("text_model.") else "text_model." + k
-        out["conditioner.embedders.0.transformer." + name] = v
+    out = _unet_vae_and_clip(unet, vae, text_encoder, "conditioner.embedders.0.transformer.")
     out.update(_open_clip(text_encoder_2, "conditioner.embedders.1.model."))
     return {k: v.detach().contiguous().clone() for k, v in out.items()}
