@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench bench-batch train clean browser
+.PHONY: demo test bench bench-batch bench-fast train clean browser
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,6 +35,9 @@ bench: $(VENV)/.installed
 
 bench-batch: $(VENV)/.installed
 	$(PY) benchmarks/batch_benchmark.py
+
+bench-fast: $(VENV)/.installed
+	$(PY) benchmarks/fast_inversion_benchmark.py --edit-baseline docs/bench/edits.json -o docs/fast_inversion
 
 train: $(VENV)/.installed
 	$(PY) -m nulltext.bundled.train

@@ -191,3 +191,14 @@ def test_settings_are_refused_by_the_dataclasses(tmp_path, nti, photo, tiny_dir,
     argv = [a.format(photo=photo[0], nti=nti) for a in argv]
     code, out, err = run(capsys, *argv, "--model", tiny_dir, "-o", tmp_path / "out", "-q")
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_invert_fast_uses_the_secant_optimiser_and_says_so_in_the_file(tmp_path, photo, tiny_dir, capsys):
+    from nulltext.inversion_file import load_inversion
+
+    out = tmp_path / "fast.nti"
+    code, _, err = run(capsys, "invert", photo[0], "--prompt", photo[1], "-o", out, "--model", tiny_dir,
+                       "--steps", 4, "--fast", "--quiet")
+    assert code == 0 and err == ""
+    inv = load_inversion(out)
+    assert inv.config.optimizer == "secant" and inv.config.stall == 0.1 and len(inv.inner_iterations) == 4

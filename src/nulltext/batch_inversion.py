@@ -82,7 +82,8 @@ def invert_batch(model: Model, images: torch.Tensor | list[torch.Tensor], prompt
         raise ValueError("the photos of a batch must have one size — batch photos of the same size together")
     for p in prompts:
         model.check_prompt(p)
-    if config.method != "null-text":  # nothing to optimise jointly
+    if config.method != "null-text" or config.optimizer != "adam":  # nothing to optimise jointly; the secant
+        # optimiser's step length is per photo and sequential, so those photos run one at a time
         return [_invert_one(model, im, p, config, callback, prov, on_error)
                 for im, p, prov in zip(images, prompts, provenance)]
     start = time.perf_counter()
@@ -149,7 +150,7 @@ def _optimise(model: Model, pivots: torch.Tensor, cond: TextConditioning, photos
             stepping = []
             for j, (p, loss) in enumerate(zip(active, losses)):
                 try:
-                    _check_finite(loss, k, T, tau)
+                    _check_finite(loss, f"step {k + 1}/{T} (timestep {tau})")
                 except InversionError as e:
                     _fail(p, e, on_error)
                     continue

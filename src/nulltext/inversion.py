@@ -36,6 +36,8 @@ from nulltext.sampling import guided_prediction
 from nulltext.settings import SettingsError, check_finite, check_flag, check_whole
 
 Method = Literal["null-text", "ddim", "negative-prompt", "direct"]
+# how each step's ∅_t is optimised: the paper's Adam, or preconditioned descent with secant step lengths
+Optimizer = Literal["adam", "secant"]
 
 
 class InversionError(RuntimeError):
@@ -55,6 +57,9 @@ class InversionConfig:
     early_stop: float = 1e-5  # stop the inner loop once the loss < early_stop + k · early_stop_growth
     early_stop_growth: float = 2e-5
     keep_pivot: bool = True  # store z*_0 … z*_T in the result
+    optimizer: Optimizer = "adam"  # "secant": `secant_descent` (the `--fast` preset), not the paper's
+    stall: float = 0.1  # secant: end a step once an accepted update lowers the loss by less than this fraction
+    second_moment_decay: float = 0.9  # secant: β of the gradient's running second moment (the preconditioner)
 
     def __post_init__(self) -> None:
         """Refuse settings no inversion can run with; the CLI and the library say the same."""
@@ -72,6 +77,17 @@ class InversionConfig:
             if value < 0:
                 raise SettingsError(f"{name} {value} must be ≥ 0")
         check_flag(self.keep_pivot, "keep pivot")
+        if self.optimizer not in get_args(Optimizer):
+            raise SettingsError(f"unknown optimizer {self.optimizer!r} — use one of {', '.join(get_args(Optimizer))}")
+        for name, value in (("stall", self.stall), ("second moment decay", self.second_moment_decay)):
+            check_finite(value, name, "0.1")
+            if not 0 <= value < 1:
+                raise SettingsError(f"{name} {value} must be in [0, 1)")
+
+    @classmethod
+    def fast(cls, **changes) -> InversionConfig:
+        """The `--fast` preset: null-text inversion with `secant_descent` in place of Adam (≈ 0.4× the time)."""
+        return cls(**{"optimizer": "secant", **changes})
 
     def learning_rate_at(self, k: int) -> float:
         """lr at outer step k = 0 … T−1: the paper's 1e-2 · (1 − k/100) for T = 50, as 1 − k/(2T)."""
@@ -183,39 +199,36 @@ def null_text_optimise(model: Model, pivot: torch.Tensor, cond: TextConditioning
     """Algorithm 1 (Mokady et al. 2023): per-step ∅_t so that guided DDIM from z*_T follows the pivot.
 
     Every part of the unconditional conditioning is optimised (SDXL: tokens and pooled), in fp32.
-    `on_update(t, ∅_t)` sees every Adam update (the study's ablation records its checkpoints with it).
+    `config.optimizer` picks the inner loop: the paper's Adam, or `secant_descent`.
+    `on_update(t, ∅_t)` sees every update (the study's ablation records its checkpoints with it).
     """
     T, w, scale = schedule.num_steps, config.guidance_scale, loss_scale(model)
     null = TextConditioning.of(uncond).detach().float().clone()  # ∅_T ← ψ("")
     z_bar = pivot[T : T + 1].to(model.device)  # z̄_T ← z*_T
     nulls, losses, iterations = [None] * T, [0.0] * T, [0] * T
+    secant = SecantState()
     for k, t in enumerate(range(T, 0, -1)):
         tau, target = schedule.timestep(t), pivot[t - 1 : t].to(model.device).float()  # z*_{t−1}
         # 1. the conditional branch ε(z̄_t, C) does not depend on ∅_t: once per step
         with torch.no_grad():
             out_cond = model.predict(z_bar, tau, cond)
-        # 2. ∅_t starts at ∅_{t+1}, as a fresh tensor (Adam updates it in place)
+
+        def step_from(n: TextConditioning, grad: bool, z_bar=z_bar, tau=tau, out_cond=out_cond, t=t) -> torch.Tensor:
+            """z_{t−1}(z̄_t, ∅_t, C): one guided DDIM step, differentiable in ∅_t when `grad`."""
+            with torch.set_grad_enabled(grad):
+                return ddim_step(guided(model.predict(z_bar, tau, n), out_cond, w), z_bar, t, schedule)
+
+        # 2. ∅_t starts at ∅_{t+1}, as a fresh tensor (the optimiser updates it)
         null = null.detach().clone().requires_grad_(True)
-        optimiser = torch.optim.Adam(null.tensors(), lr=config.learning_rate_at(k), eps=1e-8 * scale)
-        # 3. at most N Adam updates of ‖z*_{t−1} − z_{t−1}(z̄_t, ∅_t, C)‖², stopping early once the loss
-        #    is below the step's threshold; the last forward pass gives z̄_{t−1}, so a step that stops
-        #    early costs no extra pass
-        used = 0
-        for used in range(config.inner_steps + 1):
-            with torch.set_grad_enabled(used < config.inner_steps):
-                z_prev = ddim_step(guided(model.predict(z_bar, tau, null), out_cond, w), z_bar, t, schedule)
-                loss = F.mse_loss(z_prev, target)
-            _check_finite(loss, k, T, tau)
-            if loss.item() < config.threshold_at(k) or used == config.inner_steps:
-                break
-            optimiser.zero_grad(set_to_none=True)
-            (loss * scale).backward()
-            if not null.grads_finite():
-                raise InversionError(f"null-text gradient overflowed at step {k + 1}/{T} (timestep {tau}) — "
-                                     "run with --dtype float32 or bfloat16")
-            optimiser.step()
-            if on_update is not None:
-                on_update(t, null.tokens.detach()[0])
+        where = f"step {k + 1}/{T} (timestep {tau})"
+        hook = None if on_update is None else (lambda n, t=t: on_update(t, n.tokens.detach()[0]))
+        # 3. minimise ‖z*_{t−1} − z_{t−1}(z̄_t, ∅_t, C)‖², stopping early below the step's threshold
+        if config.optimizer == "adam":
+            null, z_prev, loss, used = adam_descent(step_from, null, target, config.threshold_at(k), config.inner_steps,
+                                                    config.learning_rate_at(k), scale, where, hook)
+        else:
+            null, z_prev, loss, used = secant_descent(step_from, null, target, config.threshold_at(k), config, secant,
+                                                      scale, where, hook)
         # 4. keep ∅_t, move on along the guided trajectory: z̄_{t−1} = z_{t−1}(z̄_t, ∅_t, C)
         nulls[t - 1], losses[t - 1], iterations[t - 1] = null.detach().clone(), loss.item(), used
         z_bar = z_prev.detach()
@@ -225,10 +238,96 @@ def null_text_optimise(model: Model, pivot: torch.Tensor, cond: TextConditioning
     return Optimised(stacked.tokens, losses, iterations, stacked.pooled)
 
 
-def _check_finite(loss: torch.Tensor, k: int, T: int, tau: int) -> None:
+StepFrom = Callable[[TextConditioning, bool], torch.Tensor]  # (∅_t, with gradient?) → z_{t−1}
+
+
+def adam_descent(step_from: StepFrom, null: TextConditioning, target: torch.Tensor, threshold: float, max_updates: int,
+                 lr: float, scale: float, where: str, on_update: Callable[[TextConditioning], None] | None = None):
+    """The paper's inner loop: at most N Adam updates of ∅_t; returns (∅_t, z_{t−1}, loss, updates).
+
+    The early-stop test comes before each update, and the last forward pass gives z̄_{t−1}, so a step
+    that stops early costs no extra pass.
+    """
+    optimiser = torch.optim.Adam(null.tensors(), lr=lr, eps=1e-8 * scale)
+    used = 0
+    for used in range(max_updates + 1):
+        z_prev = step_from(null, used < max_updates)
+        loss = F.mse_loss(z_prev, target)
+        _check_finite(loss, where)
+        if loss.item() < threshold or used == max_updates:
+            break
+        optimiser.zero_grad(set_to_none=True)
+        (loss * scale).backward()
+        if not null.grads_finite():
+            raise InversionError(f"null-text gradient overflowed at {where} — run with --dtype float32 or bfloat16")
+        optimiser.step()
+        if on_update is not None:
+            on_update(null)
+    return null, z_prev, loss, used
+
+
+@dataclass
+class SecantState:
+    """What `secant_descent` carries from step to step: the step length and the preconditioner."""
+
+    step: float | None = None  # α, set on the first gradient
+    second_moment: list[torch.Tensor] | None = None  # running mean of the squared gradient, per part of ∅
+
+
+def secant_descent(step_from: StepFrom, null: TextConditioning, target: torch.Tensor, threshold: float,
+                   config: InversionConfig, state: SecantState, scale: float, where: str,
+                   on_update: Callable[[TextConditioning], None] | None = None):
+    """Preconditioned gradient descent on ∅_t with secant step lengths; returns (∅_t, z_{t−1}, loss, trials).
+
+    Not the paper's optimiser (the `--fast` preset). The loss ‖z*_{t−1} − z_{t−1}(∅_t)‖² is a least-squares
+    problem whose residual is nearly linear in ∅_t over one update, so:
+      direction  p = g / (√v + ε), g the gradient and v its running second moment (Adam's scaling without
+                 momentum, kept across steps, β = config.second_moment_decay);
+      length     a trial ∅_t − α p moves z_{t−1} by d; along p the best length is the secant's
+                 α* = α ⟨−r, d⟩ / ‖d‖² (r the residual before the trial), clamped to [α/8, 8α] and used next;
+      accept     a trial that lowers the loss; a rejected one is retried at α* on the same gradient.
+    Stops below the loss threshold, after config.inner_steps trials, or when an accepted trial lowers the
+    loss by less than config.stall (most steps take one or two trials; Adam takes up to ten).
+    """
+    z_prev = step_from(null, True)
+    loss = F.mse_loss(z_prev, target)
+    _check_finite(loss, where)
+    used, direction = 0, None
+    while loss.item() >= threshold and used < config.inner_steps:
+        if direction is None:  # a new gradient at the current ∅_t
+            grads = torch.autograd.grad(loss * scale, null.tensors())
+            if not all(bool(torch.isfinite(g).all()) for g in grads):
+                raise InversionError(f"null-text gradient overflowed at {where} — run with --dtype float32 or bfloat16")
+            beta = config.second_moment_decay
+            state.second_moment = [g * g if state.second_moment is None else beta * v + (1 - beta) * g * g
+                                   for g, v in zip(grads, state.second_moment or grads)]
+            direction = [g / (v.sqrt() + 1e-12 * scale) for g, v in zip(grads, state.second_moment)]
+            residual = (z_prev - target).detach()
+            if state.step is None:  # Polyak-like first guess; the secant corrects it within a few trials
+                state.step = 2 * loss.item() / sum(float((p * p).sum()) for p in direction)
+        alpha = state.step
+        parts = [(x.detach() - alpha * p) for x, p in zip(null.tensors(), direction)]
+        trial = TextConditioning(parts[0], parts[1] if len(parts) > 1 else None).requires_grad_(True)
+        z_trial = step_from(trial, True)
+        loss_trial = F.mse_loss(z_trial, target)
+        _check_finite(loss_trial, where)
+        used += 1
+        moved = (z_trial - z_prev).detach()  # ≈ −α J p
+        best = alpha * float(-(residual * moved).sum() / (moved * moved).sum().clamp_min(1e-30))
+        state.step = min(max(best, alpha / 8), alpha * 8) if best > 0 else alpha / 4
+        if loss_trial.item() < loss.item():
+            progress = 1 - loss_trial.item() / loss.item()
+            null, z_prev, loss, direction = trial, z_trial, loss_trial, None
+            if on_update is not None:
+                on_update(null)
+            if progress < config.stall:
+                break
+    return null, z_prev, loss, used
+
+
+def _check_finite(loss: torch.Tensor, where: str) -> None:
     if not torch.isfinite(loss):
-        raise InversionError(f"null-text loss became {loss.item()} at step {k + 1}/{T} (timestep {tau}) — "
-                             "run with --dtype float32 or a lower --lr")
+        raise InversionError(f"null-text loss became {loss.item()} at {where} — run with --dtype float32 or a lower --lr")
 
 
 def direct_corrections(model: Model, pivot: torch.Tensor, cond: TextConditioning | torch.Tensor,
