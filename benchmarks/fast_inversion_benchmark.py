@@ -159,10 +159,11 @@ def report(summary, edits, rows, n_photos, n_cases, seconds) -> str:
                   "| edit type | blend | cases | accuracy, paper Adam | accuracy, --fast | bg PSNR dB, paper Adam | bg PSNR dB, --fast |",
                   "|---|---|---|---|---|---|---|"]
         rows = {(r["inversion"], r["edit_type"], r["blend"]): r for r in edits["table"]}
-        for (label, edit_type, blend), r in rows.items():
-            if label != BASELINE or (FAST, edit_type, blend) not in rows:
+        types = list(dict.fromkeys(t for _, t, _ in rows if t != "all")) + ["all"]
+        for edit_type, blend in ((t, b) for t in types for b in (False, True)):
+            if (BASELINE, edit_type, blend) not in rows or (FAST, edit_type, blend) not in rows:
                 continue
-            f = rows[(FAST, edit_type, blend)]
+            r, f = rows[(BASELINE, edit_type, blend)], rows[(FAST, edit_type, blend)]
             lines.append(f"| {edit_type} | {'yes' if blend else 'no'} | {r['n']} | {r['correct']:.0%} | {f['correct']:.0%} "
                          f"| {r['bg_psnr']:.2f} | {f['bg_psnr']:.2f} |")
     return "\n".join(lines) + "\n"

@@ -136,3 +136,15 @@ def test_fast_settings_are_checked_and_stored(tiny, tmp_path):
     back = load_inversion(save_inversion(inv, tmp_path / "fast.nti"), tiny)
     assert back.config == inv.config and back.config.optimizer == "secant"
     assert dataclasses.replace(inv.config, optimizer="adam") == InversionConfig(num_steps=4)
+
+
+def test_batch_runs_take_the_fast_preset_photo_by_photo(tiny):
+    """invert_batch with --fast settings gives each photo exactly what invert gives it (no joint Adam)."""
+    from nulltext.batch_inversion import invert_batch
+
+    photos = [_photo(tiny, i) for i in (0, 2)]
+    config = InversionConfig.fast(num_steps=4)
+    batch = invert_batch(tiny, [x for x, _, _ in photos], [c for _, c, _ in photos], config)
+    for (x, caption, _), got in zip(photos, batch):
+        alone = invert(tiny, x, caption, config)
+        assert torch.equal(got.null_embeddings, alone.null_embeddings) and got.inner_iterations == alone.inner_iterations
