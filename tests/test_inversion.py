@@ -173,3 +173,26 @@ def test_stored_null_embeddings_replay_the_optimiser_losses(tiny):
             z = ddim_step(out, z, t, schedule)
             loss = ((z - inv.pivot[t - 1 : t]) ** 2).mean().item()
             assert loss == pytest.approx(inv.losses[t - 1], rel=1e-4, abs=1e-9)
+
+
+def test_fast_preset_reconstructs_near_the_vae_bound_with_far_fewer_gradients(bundled, bundled_null_text):
+    """--fast: within 0.5 dB of the VAE-only bound, with under half the UNet gradients of the paper's Adam."""
+    for index in (1, 5):
+        image, caption, photo = _photo(bundled, index)
+        gradients = []
+
+        def count_backward(module, args, out) -> None:  # a forward hook must return None to keep the output
+            if out.sample.requires_grad:
+                out.sample.register_hook(lambda g: gradients.append(1))
+
+        handle = bundled.unet.register_forward_hook(count_backward)
+        try:
+            fast = invert(bundled, image, caption, InversionConfig.fast())
+        finally:
+            handle.remove()
+        bound = psnr(to_pil(bundled.decode_latents(bundled.encode_image(image)))[0], photo)
+        got = psnr(to_pil(reconstruct(bundled, fast))[0], photo)
+        assert got >= bound - 0.5, f"photo {index}: --fast PSNR {got:.2f} dB vs VAE bound {bound:.2f} dB"
+        adam = sum(bundled_null_text(index).inner_iterations)  # one gradient per Adam update
+        assert 0 < len(gradients) < adam / 2, f"photo {index}: {len(gradients)} gradients vs Adam's {adam}"
+        assert fast.config.optimizer == "secant"
