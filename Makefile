@@ -28,7 +28,7 @@ demo: $(VENV)/.installed
 
 # one test file per worker, a worker per core, one torch thread each (faster than one process on both cores)
 test: $(VENV)/.installed browser
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile --durations=12
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/inversion_benchmark.py
