@@ -276,6 +276,19 @@ def test_step_limit_is_the_schedulers_own(tiny):
     assert schedule.num_steps == 1000 and schedule.timesteps.tolist() == list(range(1000))
 
 
+def test_scheduler_configs_diffusers_cannot_use_are_one_line_errors(tiny):
+    """Bad values reach ScheduleError whether nulltext's checks or diffusers find them; never a traceback."""
+    config = dict(tiny.scheduler_config)
+    with pytest.raises(ScheduleError, match="trained_betas has 2 values but num_train_timesteps is 1000"):
+        make_schedule({**config, "trained_betas": [0.1, 0.2]}, 50)
+    with pytest.raises(ScheduleError, match="DDIMScheduler refuses .*cosine_x is not implemented"):
+        make_schedule({**config, "beta_schedule": "cosine_x"}, 50)
+    with pytest.raises(ScheduleError, match="DDIMScheduler refuses"):
+        make_schedule({**config, "beta_start": -1.0}, 50)  # torch refuses the complex sqrt
+    betas = [0.0001 + i * 1e-5 for i in range(1000)]
+    assert make_schedule({**config, "trained_betas": betas}, 50).num_steps == 50
+
+
 def test_settings_checks_hold_in_the_library_and_in_the_file_loader(good_nti, tmp_path):
     from nulltext.prompt_to_prompt import EditConfig
 

@@ -93,6 +93,10 @@ def check_scheduler_config(config) -> dict:
                             + ", ".join(PREDICTION_TYPES))
     if not 2 <= known.get("num_train_timesteps", 1000) <= 100_000 or not 0 <= known.get("steps_offset", 0) < 1000:
         raise ScheduleError("scheduler num_train_timesteps must be 2…100000 and steps_offset 0…999")
+    betas, n = known.get("trained_betas"), known.get("num_train_timesteps", 1000)
+    if betas is not None and len(betas) != n:  # diffusers would index past them
+        raise ScheduleError(f"scheduler trained_betas has {len(betas)} values but num_train_timesteps is {n} — "
+                            "give one beta per training timestep")
     return known
 
 
@@ -116,7 +120,9 @@ def _ddim_scheduler(config: dict):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return DDIMScheduler.from_config(known)
-    except Exception as e:  # noqa: BLE001 - diffusers raises NotImplementedError, ValueError, TypeError…
+    except (NotImplementedError, ValueError, TypeError, RuntimeError, ZeroDivisionError) as e:
+        # what diffusers and torch raise on values it cannot build (an unknown beta schedule, betas torch
+        # refuses…); anything else is a bug in nulltext and keeps its traceback
         raise ScheduleError(f"diffusers' DDIMScheduler refuses the scheduler config: {_first_line(e)}") from None
     finally:
         logger.setLevel(level)
