@@ -7,6 +7,8 @@ the shape turns the target colour, keeps its class, and the background outside t
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import struct
@@ -43,6 +45,14 @@ def photo_file(folder: Path, index: int) -> tuple[Path, str, str, data.Scene]:
     image.save(path)
     scene = data.scene("test", index)
     return path, caption, colour_swap(scene)[0], scene
+
+
+def bomb_png(path: Path) -> Path:
+    """A 40000×40000 PNG header over 64 bytes of data: a decompression bomb, refused before any pixel is decoded."""
+    ihdr = struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)
+    chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
 
 
 def assert_colour_swap(edited: Image.Image, index: int, target: str) -> float:
@@ -121,10 +131,7 @@ def test_cancel_stops_within_one_step_and_keeps_the_earlier_inversion(app, inver
 
 
 def test_bad_inputs_are_one_line_errors_and_the_app_keeps_serving(app, tiny, tmp_path):
-    bomb = tmp_path / "bomb.png"  # a 40000×40000 PNG header: refused before any pixel is decoded
-    ihdr = struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)
-    chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    bomb = bomb_png(tmp_path / "bomb.png")
     not_image = tmp_path / "notes.png"
     not_image.write_text("not an image")
     from nulltext.images import to_tensor
@@ -205,20 +212,119 @@ def test_two_clients_at_once_both_finish_one_after_the_other(server, tmp_path):
     assert all(a.end <= b.start for a, b in zip(ran, ran[1:]))  # one model job at a time
 
 
-def test_server_refuses_big_uploads_and_paths_it_did_not_receive_and_keeps_serving(server):
+def call_api(url: str, api: str, data: list) -> tuple[str, str | None]:
+    """One call of an app endpoint over HTTP, as any client could send it: (SSE event, its error message)."""
     import httpx
-    from gradio_client import Client
+
+    event = httpx.post(url + f"gradio_api/call/{api}", json={"data": data}, timeout=120).json()["event_id"]
+    answer = httpx.get(url + f"gradio_api/call/{api}/{event}", timeout=120).text
+    kind = next(line.split(":", 1)[1].strip() for line in answer.splitlines() if line.startswith("event:"))
+    payload = json.loads(next(line.split(":", 1)[1] for line in answer.splitlines() if line.startswith("data:")))
+    return kind, (payload or {}).get("error") if kind == "error" else None  # None: the server hid its text
+
+
+def upload(url: str, name: str, content: bytes) -> dict:
+    """A file sent the way the page sends it: multipart upload, then a FileData with Gradio's meta marker."""
+    import httpx
+
+    answer = httpx.post(url + "gradio_api/upload", files={"files": (name, content, "application/octet-stream")})
+    answer.raise_for_status()
+    return {"path": answer.json()[0], "orig_name": name, "meta": {"_type": "gradio.FileData"}}
+
+
+def test_a_request_naming_a_server_path_never_opens_it(server, tmp_path):
+    from gradio.utils import get_upload_folder
 
     url, web, page = server
+    secret = tmp_path / "secret.png"  # a real image the server must never read
+    data.sample("test", 0)[0].save(secret)
+    nti = tmp_path / "secret.nti"
+    nti.write_bytes(b"not for you")
+    fifo = tmp_path / "fifo.png"  # opening it to read would block the server
+    os.mkfifo(fifo)
+    for planted in (secret, nti):
+        os.utime(planted, (1, time.time()))  # atime far before mtime: any read moves it (relatime)
+    jobs = len(web.log)
+    through_uploads = os.path.join(get_upload_folder(), *[".."] * 12, *secret.parts[1:])  # '../' out of the folder
+    caption = data.sample("test", 0)[1]
+    for path in (str(secret), os.path.relpath(secret), through_uploads, str(fifo)):
+        for meta in ({}, {"meta": {"_type": "gradio.FileData"}}):
+            kind, message = call_api(url, "invert", [{"path": path, **meta}, caption, "null-text", 2, 7.5, 1])
+            assert kind == "error", (path, meta)
+            if not meta:  # Gradio's own check refuses the meta form and hides its text (show_error is off)
+                assert "not a file uploaded to this server" in message and "\n" not in message, message
+    for meta in ({}, {"meta": {"_type": "gradio.FileData"}}):  # the .nti field and the mask's layers alike
+        assert call_api(url, "load_nti", [{"path": str(nti), **meta}])[0] == "error"
+        mask = {"background": {"path": str(secret), **meta}, "layers": [{"path": str(fifo), **meta}], "composite": None}
+        assert call_api(url, "edit", ["a green circle", "auto", 0.8, 0.4, "", "", "", mask])[0] == "error"
+    assert os.stat(secret).st_atime == 1 and os.stat(nti).st_atime == 1  # never read
+    with pytest.raises(OSError):  # ENXIO: no process holds the FIFO open for reading
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert len(web.log) == jobs  # no model job ran
+
+
+def test_the_upload_limit_holds_however_a_file_is_sent_and_the_server_keeps_serving(server):
+    import httpx
+
+    url, web, page = server
+    assert web.max_upload == 20 << 20
     big = httpx.post(url + "gradio_api/upload", files={"files": ("big.png", b"\0" * (21 << 20), "image/png")})
-    assert big.status_code == 413  # over the 20 MB limit, refused before any decoding
-    call = httpx.post(url + "gradio_api/call/invert", json={"data": [
-        {"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, "a red circle", "null-text", 10, 7.5, 5]})
-    answer = httpx.get(url + f"gradio_api/call/invert/{call.json()['event_id']}", timeout=60).text
-    assert "event: error" in answer and "not uploaded by a user" in answer  # the server opens no path from a request
-    image, caption = Client(url, verbose=False).predict(f"{data.sample('test', 0)[1]} (test photo 0)", api_name="/example")
+    assert big.status_code == 413  # multipart over the 20 MB limit, refused before any decoding
+
+    def chunked():  # the same body sent in chunks, without a Content-Length
+        yield b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n\r\n"
+        for _ in range(21):
+            yield b"\0" * (1 << 20)
+        yield b"\r\n--b--\r\n"
+
+    streamed = httpx.post(url + "gradio_api/upload", content=chunked(),
+                          headers={"content-type": "multipart/form-data; boundary=b"})
+    assert streamed.status_code == 413
+    inline = "data:image/png;base64," + base64.b64encode(b"\0" * (21 << 20)).decode()
+    kind, message = call_api(url, "invert", [{"path": "photo.png", "url": inline}, "a red circle", "null-text", 2, 7.5, 1])
+    assert kind == "error" and "over the 20 MB upload limit" in message and "\n" not in message, message
+    image, caption = gradio_client_example(url, 0)  # and the server still serves
     assert caption == data.sample("test", 0)[1] and np.array_equal(np.asarray(Image.open(image).convert("RGB")),
                                                                     np.asarray(data.sample("test", 0)[0]))
+
+
+def gradio_client_example(url: str, index: int):
+    from gradio_client import Client
+
+    return Client(url, verbose=False).predict(f"{data.sample('test', index)[1]} (test photo {index})", api_name="/example")
+
+
+def test_files_that_fail_preprocessing_are_one_line_naming_no_server_path(server, tmp_path):
+    from gradio.utils import get_upload_folder
+
+    url, web, page = server
+    caption = data.sample("test", 0)[1]
+    bomb = bomb_png(tmp_path / "bomb.png").read_bytes()
+    cases = [("invert", [upload(url, "notes.png", b"not an image"), caption, "null-text", 2, 7.5, 1], "not an image"),
+             ("invert", [upload(url, "bomb.png", bomb), caption, "null-text", 2, 7.5, 1], "more pixels"),
+             ("edit", ["a green circle", "auto", 0.8, 0.4, "", "", "",
+                       {"background": None, "layers": [upload(url, "layer.png", b"junk")], "composite": None}],
+              "not an image")]
+    for api, payload, words in cases:
+        kind, message = call_api(url, api, payload)
+        assert kind == "error" and words in message, message
+        assert "\n" not in message and "/" not in message and get_upload_folder() not in message, message
+
+
+def test_the_gate_lets_through_an_inline_photo_within_the_limit_and_nothing_unreceived(tmp_path):
+    from nulltext.app_uploads import GatedBlocks
+
+    with GatedBlocks() as page:
+        pass
+    page.max_file_size = 1 << 10
+    small = "data:image/png;base64," + base64.b64encode(b"\0" * 700).decode()
+    page.check({"path": "x.png", "url": small}, "photo", reads_inline=True)  # gr.Image decodes it, path unused
+    for file, words in [({"path": "x.png", "url": small}, "not a file uploaded"),  # a field that reads the path
+                        ({"path": "x.png", "url": small + "AAAA" * 200}, "over the 0.000977 MB upload limit"),
+                        ({"path": str(tmp_path)}, "not a file uploaded"), ({"url": "http://127.0.0.1/x"}, "not a file")]:
+        with pytest.raises(gr.Error) as refused:
+            page.check(file, "photo", reads_inline=not words.startswith("not"))
+        assert words in refused.value.message, refused.value.message
 
 
 def test_cancel_button_through_the_server(server, tmp_path):

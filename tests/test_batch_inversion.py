@@ -11,6 +11,7 @@ from nulltext.editing import reconstruct
 from nulltext.images import to_pil, to_tensor
 from nulltext.inversion import InversionConfig, InversionError, invert
 from nulltext.metrics import psnr
+from numerics import relative_error
 
 # 8 steps, at most 4 Adam updates, and a threshold these photos cross at different steps: photo 0
 # stops after 3 updates at t = 2, photo 1 at once at t = 1 and 2, photo 2 never stops early
@@ -41,7 +42,7 @@ def test_batch_equals_one_at_a_time_with_different_early_stops_and_a_failing_pho
     for (image, _), alone, together in zip(photos, sequential, batch):
         assert together.inner_iterations == alone.inner_iterations
         assert torch.allclose(together.latent_T, alone.latent_T, atol=1e-4)
-        assert (together.null_embeddings - alone.null_embeddings).abs().max() < 5e-3  # |∅_t| ≈ 4
+        assert relative_error(together.null_embeddings, alone.null_embeddings) < 1e-3  # |∅_t| ≈ 4
         p_alone = psnr(to_pil(reconstruct(bundled, alone))[0], image)
         p_together = psnr(to_pil(reconstruct(bundled, together))[0], image)
         assert p_alone > 28 and abs(p_together - p_alone) < 0.05
@@ -69,9 +70,9 @@ def test_sdxl_batch_optimises_each_photos_pooled_null_too(tiny_xl):
     for a, b in zip(alone, together):
         assert b.null_pooled is not None and b.null_pooled.shape == a.null_pooled.shape
         assert not torch.equal(b.null_pooled[0], b.null_pooled[-1])  # optimised, not ψ("")'s copied
-        # batched kernels differ in the last bits; Adam's normalised step can turn that into part of one
-        # lr-sized step (1e-2) on an element whose gradient is near zero
-        assert (b.null_pooled - a.null_pooled).abs().max() < 1e-2
-        assert (b.null_embeddings - a.null_embeddings).abs().max() < 1e-2
+        # batched kernels differ in the last bits; Adam's normalised step can turn that into up to one
+        # lr-sized step on an element whose gradient is near zero, so the embeddings are compared by norm
+        assert relative_error(b.null_pooled, a.null_pooled) < 2e-3
+        assert relative_error(b.null_embeddings, a.null_embeddings) < 2e-3
         assert b.inner_iterations == a.inner_iterations
-        assert (reconstruct(tiny_xl, b) - reconstruct(tiny_xl, a)).abs().max() < 1e-3
+        assert relative_error(reconstruct(tiny_xl, b), reconstruct(tiny_xl, a)) < 1e-3

@@ -10,6 +10,7 @@ from nulltext.editing import edit, reconstruct
 from nulltext.images import to_pil
 from nulltext.metrics import psnr
 from nulltext.prompt_to_prompt import EditConfig
+from numerics import relative_error
 
 def dilate(mask: np.ndarray, r: int) -> np.ndarray:
     m = torch.from_numpy(mask).float()[None, None]
@@ -57,7 +58,9 @@ def test_identity_edit_reproduces_the_reconstruction(bundled, cases):
     _, inv, _, _ = cases[0]
     result = edit(bundled, inv, [inv.prompt])
     rec = reconstruct(bundled, inv)
-    assert (result.images[0] - rec[0]).abs().max() < 1e-5  # one UNet batch: equal to float rounding
+    # row 0 of a UNet batch of two against a batch of one: equal to float rounding (batched kernels differ
+    # in the last bits, so the assertion is on the relative norm, which holds on any CPU and thread count)
+    assert relative_error(result.images[0], rec[0]) < 1e-4
     assert (result.images[1] - rec[0]).abs().max() < 2 / 255
 
 

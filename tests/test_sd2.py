@@ -12,6 +12,7 @@ from nulltext.model import load_model
 from nulltext.prompt_to_prompt import EditConfig
 from pivot_checks import null_text_against_ddim
 from test_stock_pipeline import stock_reconstruction
+from numerics import relative_error
 
 
 def _crop(image, width, height):
@@ -48,7 +49,7 @@ def test_v_prediction_at_a_non_square_size_inverts_edits_and_replays(tiny_sd2_di
     assert check.mse_null_text * 2 <= check.mse_ddim, f"latent MSE null-text {check.mse_null_text:.2e} vs DDIM {check.mse_ddim:.2e}"
     assert check.psnr >= check.vae_bound - 0.5, f"null-text PSNR {check.psnr:.2f} dB vs VAE bound {check.vae_bound:.2f} dB"
     result = edit(model, nt, [caption.replace(caption.split()[1], "purple")], EditConfig())
-    assert result.images.shape == (2, 3, 32, 48) and (result.images[0] - ours[0]).abs().max() < 1e-4
+    assert result.images.shape == (2, 3, 32, 48) and relative_error(result.images[0], ours[0]) < 1e-3
     assert (result.images[1] - result.images[0]).abs().mean() > 1e-3
     theirs = stock_reconstruction(model, nt)  # diffusers' own pipeline, v-prediction, 48×32
     assert (ours - theirs).abs().max() < 2e-3
@@ -64,7 +65,7 @@ def test_bundled_model_inverts_and_edits_a_non_square_photo(bundled):
     assert e_nt * 3 <= e_dd and got > plain, f"96×64: latent MSE {e_nt:.2e} vs DDIM {e_dd:.2e}, {got:.2f} vs {plain:.2f} dB"
     target = caption.replace(caption.split()[2], "circle" if caption.split()[2] != "circle" else "square")
     result = edit(bundled, inv, [target], EditConfig(blend_words=[caption.split()[2]]))
-    assert result.images.shape == (2, 3, 64, 96) and (result.images[0] - ours[0]).abs().max() < 1e-4
+    assert result.images.shape == (2, 3, 64, 96) and relative_error(result.images[0], ours[0]) < 1e-3
     assert result.masks.shape == (1, 16, 24) and 0 < result.masks.float().mean() < 1
     changed = (result.images[1] - result.images[0]).abs().mean(0)  # (64, 96)
     mask = torch.nn.functional.interpolate(result.masks[None].float(), size=(64, 96))[0, 0] > 0

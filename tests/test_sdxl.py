@@ -16,6 +16,7 @@ from nulltext.inversion_file import InversionFileError, check_model, load_invers
 from nulltext.prompt_to_prompt import EditConfig
 from nulltext.sampling import guided_ddim
 from pivot_checks import null_text_against_ddim
+from numerics import relative_error
 
 
 def _pipeline(model, scheduler_config) -> StableDiffusionXLPipeline:
@@ -97,7 +98,7 @@ def test_inversion_file_round_trip_is_bit_identical(tiny_xl, tiny, inversion, tm
 def test_edit_runs_with_attention_control_and_row_zero_is_the_reconstruction(tiny_xl, inversion):
     target = inversion.prompt.replace("red", "blue")
     result = edit(tiny_xl, inversion, [target], EditConfig(blend_words=["triangle"]))
-    assert (result.images[0] - reconstruct(tiny_xl, inversion)[0]).abs().max() < 1e-4
+    assert relative_error(result.images[0], reconstruct(tiny_xl, inversion)[0]) < 1e-3  # measured ≤ 3e-5
     assert (result.images[1] - result.images[0]).abs().mean() > 1e-3  # the target differs
     assert result.masks.shape == (1, *inversion.latent_T.shape[-2:]) and result.masks.any()
     tokens, maps, _ = attention_maps(tiny_xl, inversion)

@@ -31,6 +31,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from nulltext import __version__  # noqa: E402
+from nulltext.app_uploads import GatedBlocks  # noqa: E402
 from nulltext.bundled import data  # noqa: E402
 from nulltext.editing import attention_maps, edit  # noqa: E402
 from nulltext.images import load_image, save_png, to_pil, to_tensor  # noqa: E402
@@ -41,7 +42,7 @@ from nulltext.model import Model  # noqa: E402
 from nulltext.prompt_to_prompt import EditConfig, Mode  # noqa: E402
 from nulltext.viz import attention_tiles  # noqa: E402
 
-MAX_UPLOAD = "20mb"  # photos and .nti files; Pillow's decompression-bomb limit guards the pixels
+MAX_UPLOAD = 20 << 20  # bytes: photos, masks and .nti files, however sent; Pillow's decompression-bomb limit guards the pixels
 DISPLAY_SIDE = 256  # small model images are shown upscaled (nearest) to at least this many pixels
 EXAMPLE_INDICES = (829, 0, 2, 3)  # bundled test photos: the demo's red circle first
 MODEL_JOBS = "model"
@@ -77,6 +78,7 @@ class WebApp:
     """The app's callbacks over one loaded model; `build()` lays them out as a Gradio page."""
 
     model: Model
+    max_upload: int = MAX_UPLOAD  # bytes, for every way a file can reach the server
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="nulltext-app-")))
     log: list[JobRecord] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -235,7 +237,7 @@ class WebApp:
         inv = InversionConfig()
         ed = EditConfig()
         names = [_example_name(i) for i in EXAMPLE_INDICES]
-        with gr.Blocks(title="nulltext — edit photos with words", analytics_enabled=False,
+        with GatedBlocks(title="nulltext — edit photos with words", analytics_enabled=False,
                        delete_cache=(KEEP_DOWNLOADS, 24 * KEEP_DOWNLOADS)) as page:
             session = gr.State(lambda: Session())  # a fresh Session per browser session
             gr.Markdown("# nulltext\nEdit a photo with words: Null-text Inversion + Prompt-to-Prompt "
@@ -287,6 +289,7 @@ class WebApp:
                     downloads = gr.File(label="Downloads: the .nti inversion and the edited PNGs (parameters in the PNG text)",
                                         file_count="multiple", interactive=False)
 
+            page.name(photo, "photo"), page.name(nti_in, ".nti file"), page.name(mask, "mask")  # for their errors
             example.change(self.example, [example], [photo, caption], api_name="example", queue=False)
             armed = invert_button.click(self.arm, [session], None, queue=False, api_visibility="private")
             armed.then(self.invert, [session, photo, caption, method, steps, guidance, inner],
@@ -315,13 +318,12 @@ class _one_line_errors:
     def __exit__(self, kind, error, tb):
         if error is None or isinstance(error, gr.Error):
             return False
-        from nulltext.errors import RUNTIME_ERRORS, USER_ERRORS
+        from nulltext.errors import NulltextError, one_line, runtime_errors
 
-        text = " ".join(str(error).strip().splitlines()[0].split()) if str(error).strip() else ""
-        if isinstance(error, USER_ERRORS):
-            raise gr.Error(text or type(error).__name__, print_exception=False) from None
-        if isinstance(error, (*RUNTIME_ERRORS, RuntimeError)):
-            raise gr.Error(f"{type(error).__name__}: {text}") from None
+        if isinstance(error, NulltextError):
+            raise gr.Error(one_line(error), print_exception=False) from None
+        if isinstance(error, (*runtime_errors(), RuntimeError)):
+            raise gr.Error(one_line(error)) from None
         return False
 
 
@@ -401,11 +403,15 @@ CSS = """img { image-rendering: pixelated; }
 
 
 def launch(model: Model, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
-           quiet: bool = False, block: bool = True, max_file_size: str | int = MAX_UPLOAD):
-    """Build and launch the app; returns (page, WebApp) once serving when `block` is False."""
-    app = WebApp(model)
+           quiet: bool = False, block: bool = True, max_upload: int = MAX_UPLOAD):
+    """Build and launch the app; returns (page, WebApp) once serving when `block` is False.
+
+    `show_error` is off: the page shows the one-line gr.Error messages the app raises, and any other
+    failure only as "Error" (its text may name server paths; the server's log has it).
+    """
+    app = WebApp(model, max_upload=max_upload)
     page = app.build()
     page.launch(server_name=host, server_port=port, share=share, quiet=quiet, prevent_thread_lock=not block,
-                max_file_size=max_file_size, theme=system_theme(), css=CSS, ssr_mode=False, mcp_server=False,
-                show_error=True, footer_links=["api"])
+                max_file_size=max_upload, theme=system_theme(), css=CSS, ssr_mode=False, mcp_server=False,
+                show_error=False, footer_links=["api"])
     return page, app

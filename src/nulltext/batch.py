@@ -15,7 +15,15 @@ The resume rule: a row is finished when results.jsonl's latest line for its row 
 and all its edit keys) says "done" and its files exist; a rerun skips finished rows (`redo` forces
 them) and reuses an existing .nti when only the edits changed. Every file is published atomically
 (`outputs.publish`) and each results line is one appended write, so a killed run loses at most the
-rows in flight and a rerun completes exactly the missing ones.
+rows in flight and a rerun completes exactly the missing ones. results.jsonl is read as bytes, line by
+line: a torn line (even one cut inside a UTF-8 character) is skipped, and one torn at the end is
+closed with a newline before the next line is appended.
+
+One bad row never stops the run: every field is checked as data before any work (`_check_data`: text
+that is UTF-8 and at most MAX_TEXT characters, 64-bit numbers, nesting at most MAX_DEPTH levels; an
+image or mask is a path to a regular file, refused before it is opened if it is a folder, FIFO or
+device), and whatever fails becomes that row's one-line error in results.jsonl. A row repeating an
+earlier row's content runs once; the copy gets its own line, status "duplicate" with `duplicate_of`.
 
 The work of a batch of rows (`run_tasks`) is one plain function of a loaded model and JSON-ready
 tasks: the local loop calls it, and so does each Ray Data actor (`nulltext.batch_ray`).
@@ -23,21 +31,25 @@ tasks: the local loop calls it, and so does each Ray Data actor (`nulltext.batch
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import hashlib
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 from nulltext.inversion import InversionConfig
-from nulltext.model import Model
-from nulltext.outputs import remove_stale_temps
+from nulltext.model import Model, utf8_problem
+from nulltext.outputs import OutputError, probe_folder, remove_stale_temps, write_error
 from nulltext.prompt_to_prompt import EditConfig
 from nulltext.settings import SettingsError
+from nulltext import errors
+from nulltext.errors import NulltextError
 
 RESULTS = "results.jsonl"
 INVERSIONS, EDITS = "inversions", "edits"
@@ -45,9 +57,11 @@ ROW_KEYS = ("image", "prompt", "id", "edits")
 SETTING_KEYS = tuple(f.name for f in dataclasses.fields(InversionConfig))
 EDIT_KEYS = ("mode", "cross_replace", "word_cross_replace", "self_replace", "reweight", "blend_words",
              "blend_subtract", "blend_mask_combine", "blend_threshold", "blend_start")
+MAX_TEXT = 4096  # characters of any text in a row (a path: Linux's PATH_MAX; a prompt is also held to the model's tokens)
+MAX_DEPTH = 6  # levels of objects and lists in a row (row → edits → edit → word_cross_replace → range: 5)
 
 
-class ManifestError(ValueError):
+class ManifestError(NulltextError, ValueError):
     """A manifest that cannot be read as a whole; one line naming the file and the fix."""
 
 
@@ -69,7 +83,11 @@ class Row:
 
 
 def read_manifest(path: str | Path, images_dir: str | Path | None = None) -> list[Row]:
-    """The rows of a JSONL, CSV or PIE-Bench mapping_file.json manifest; ManifestError if it cannot be read."""
+    """The rows of a JSONL, CSV or PIE-Bench mapping_file.json manifest; ManifestError if it cannot be read.
+
+    Each row is checked as data here (`_row`); a row that fails carries its one-line `error` and the
+    others are kept. A UTF-8 byte-order mark (Excel's "CSV UTF-8") is skipped.
+    """
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"no manifest at '{path}' — pass a .jsonl, .csv or PIE-Bench mapping_file.json")
@@ -80,47 +98,76 @@ def read_manifest(path: str | Path, images_dir: str | Path | None = None) -> lis
         if path.suffix == ".json":
             return _pie_rows(path, Path(os.path.abspath(images_dir)) if images_dir else base / "annotation_images")
         return _jsonl_rows(path, base)
-    except UnicodeDecodeError:
-        raise ManifestError(f"manifest '{path}' is not UTF-8 text — save it as UTF-8") from None
     except OSError as e:
         raise ManifestError(f"cannot read manifest '{path}': {e.strerror or e}") from None
 
 
 def _jsonl_rows(path: Path, base: Path) -> list[Row]:
+    """One row a line; split on "\n" alone (a JSON string may hold U+2028), bytes that are not UTF-8 kept
+    as surrogate escapes so the field holding them is named (`_check_data`)."""
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    lines = path.read_bytes().removeprefix(codecs.BOM_UTF8).split(b"\n")
+    for n, raw in enumerate(lines, 1):
+        line = raw.decode("utf-8", "surrogateescape")
         if not line.strip():
             continue
         try:
             item = json.loads(line)
         except json.JSONDecodeError as e:
-            rows.append(Row(n, str(n), "", "", error=f"line {n} is not JSON ({e.msg}) — write one JSON object per line"))
+            rows.append(Row(n, str(n), "", "", error=f"line {n} is not JSON ({e.msg} at column {e.colno}) — "
+                                                     "write one JSON object per line"))
+            continue
+        except RecursionError:
+            rows.append(Row(n, str(n), "", "", error=f"line {n} is nested too deeply to read — a row is an object "
+                                                     f"at most {MAX_DEPTH} levels deep"))
+            continue
+        except ValueError:  # a number past Python's 4300-digit limit for int(str)
+            rows.append(Row(n, str(n), "", "", error=f"line {n} holds a number of thousands of digits — a row's "
+                                                     "numbers fit in 64 bits"))
             continue
         rows.append(_row(n, item, base))
     return rows
 
 
 def _csv_rows(path: Path, base: Path) -> list[Row]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
-        unknown = [c for c in reader.fieldnames or [] if c not in ROW_KEYS + SETTING_KEYS]
-        if unknown or not {"image", "prompt"} <= set(reader.fieldnames or []):
-            raise ManifestError(f"manifest '{path}': " + (f"unknown column {unknown[0]!r}" if unknown else
-                                "no image and prompt columns") + " — use image, prompt, id, edits and "
+        try:
+            names = reader.fieldnames or []
+        except csv.Error as e:
+            raise ManifestError(f"manifest '{path}': its header row is not CSV ({e}) — write a header row of "
+                                "column names") from None
+        unknown = [c for c in names if c not in ROW_KEYS + SETTING_KEYS]
+        if unknown or not {"image", "prompt"} <= set(names):
+            raise ManifestError(f"manifest '{path}': " + (f"unknown column {_clip(repr(unknown[0]), 80)}" if unknown
+                                else "no image and prompt columns") + " — use image, prompt, id, edits and "
                                 f"inversion settings ({', '.join(SETTING_KEYS)})")
-        rows = []
-        for n, record in enumerate(reader, 2):  # line 1 is the header
+        rows, n = [], 1  # line 1 is the header; rows are numbered from 2
+        while True:
+            n += 1
+            try:
+                record = next(reader)
+            except StopIteration:
+                return rows
+            except csv.Error as e:  # e.g. a cell over the csv module's field size limit
+                rows.append(Row(n, str(n), "", "", error=f"row {n} is not valid CSV ({e}) — check its quotes and "
+                                                         f"keep each cell under {MAX_TEXT} characters"))
+                continue
             item = {k: v for k, v in record.items() if v not in (None, "")}
             try:
+                _check_data(item)  # sizes and UTF-8 before any cell is parsed
                 if "edits" in item:
                     text = item["edits"].strip()
                     item["edits"] = json.loads(text) if text.startswith("[") else [text]
                 item.update({k: _cell(k, item[k]) for k in SETTING_KEYS if k in item})
-            except (ValueError, json.JSONDecodeError) as e:
-                rows.append(Row(n, item.get("id", str(n)), "", "", error=f"row {n}: {e}"))
+            except RecursionError:
+                rows.append(Row(n, _row_id(item.get("id"), n)[0], "", "", error=f"row {n}: edits is nested too "
+                                f"deeply to read — at most {MAX_DEPTH} levels"))
+                continue
+            except ValueError as e:  # json.JSONDecodeError and _InvalidRow are ValueErrors
+                rows.append(Row(n, _row_id(item.get("id"), n)[0], "", "", error=f"row {n}: {e}"))
                 continue
             rows.append(_row(n, item, base))
-        return rows
 
 
 def _cell(name: str, text: str):
@@ -133,13 +180,65 @@ def _cell(name: str, text: str):
     try:
         return kind(text) if kind is not int else int(text)
     except ValueError:
-        raise ValueError(f"{name} {text!r} must be a {'whole number' if kind is int else 'number'}") from None
+        raise ValueError(f"{name} {_clip(repr(text), 80)} must be a {'whole number' if kind is int else 'number'}") from None
+
+
+class _InvalidRow(ValueError):
+    """A row field that no check further on should see; the message names the field and the fix."""
+
+
+def _check_data(value, where: str = "", depth: int = 1) -> None:
+    """Refuse what no row field can hold, before any other check reads it: text that is not UTF-8 (a lone
+    surrogate, or a byte kept as a surrogate escape) or longer than MAX_TEXT characters, an integer
+    beyond 64 bits, nesting deeper than MAX_DEPTH. The walk stops at MAX_DEPTH, so it never recurses far."""
+    name = where or "the row"
+    if isinstance(value, str):
+        problem = utf8_problem(value)
+        if problem:
+            raise _InvalidRow(f"{name} is not valid UTF-8 ({problem}) — save the manifest as UTF-8 text")
+        if len(value) > MAX_TEXT:
+            raise _InvalidRow(f"{name} is {len(value)} characters long; at most {MAX_TEXT} — shorten it")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if value.bit_length() > 63:
+            raise _InvalidRow(f"{name} is a number of {value.bit_length()} bits; at most 63 — use a realistic value")
+    elif isinstance(value, (list, dict)):
+        if depth > MAX_DEPTH:
+            raise _InvalidRow(f"{name} is nested more than {MAX_DEPTH} levels deep — a row holds lists and objects "
+                              "only a few levels deep")
+        for key, item in (value.items() if isinstance(value, dict) else enumerate(value)):
+            if isinstance(value, dict):
+                _check_data(key, f"a key of {name}", depth + 1)
+                part = f".{key}" if isinstance(key, str) and key.isidentifier() else f"[{key!r}]"
+            else:
+                part = f"[{key}]"
+            _check_data(item, f"{where}{part}" if where else part.lstrip("."), depth + 1)
+
+
+def _row_id(value, n: int) -> tuple[str, str | None]:
+    """(the row's id, None) — its number if it has none — or (its number, what is wrong with the id)."""
+    if value is None:
+        return str(n), None
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() <= 63:
+        return str(value), None
+    if not isinstance(value, str):
+        return str(n), f"row {n}: id must be text or a whole number, got {type(value).__name__} — write \"id\": \"cat-1\""
+    try:
+        _check_data(value, "id")
+    except _InvalidRow as e:
+        return str(n), f"row {n}: {e}"
+    return value, None
 
 
 def _row(n: int, item, base: Path) -> Row:
     if not isinstance(item, dict):
         return Row(n, str(n), "", "", error=f"row {n} is not an object with image and prompt")
-    rid = str(item.get("id", n))
+    rid, problem = _row_id(item.get("id"), n)
+    if problem:
+        return Row(n, rid, "", "", error=problem)
+    try:
+        _check_data(item)
+    except _InvalidRow as e:
+        return Row(n, rid, "", "", error=f"row {n}: {e}")
     unknown = [k for k in item if k not in ROW_KEYS + SETTING_KEYS]
     if unknown:
         return Row(n, rid, "", "", error=f"row {n}: unknown field {unknown[0]!r} — use image, prompt, id, edits "
@@ -152,22 +251,41 @@ def _row(n: int, item, base: Path) -> Row:
     if not isinstance(edits, list) or not all(isinstance(e, (str, dict)) for e in edits):
         return Row(n, rid, image, prompt, error=f"row {n}: edits must be a list of target captions or objects")
     edits = [{"target": e} if isinstance(e, str) else dict(e) for e in edits]
-    for e in edits:
-        if "mask" in e and isinstance(e["mask"], str):
+    for i, e in enumerate(edits):
+        if e.get("mask") is None:
+            e.pop("mask", None)
+        elif not isinstance(e["mask"], str) or not e["mask"]:
+            got = _clip(json.dumps(e["mask"]), 40)
+            return Row(n, rid, image, prompt, error=f"row {n}: edits[{i}].mask must be the path of a mask image, "
+                                                     f"got {got} — write \"mask\": \"mask.png\"")
+        else:
             e["mask"] = str(base / e["mask"])
     return Row(n, rid, str(base / image), prompt, {k: item[k] for k in SETTING_KEYS if k in item}, edits)
 
 
 def _pie_rows(path: Path, images_dir: Path) -> list[Row]:
-    from nulltext.pie_bench import PieBenchError, read_mapping
+    """A PIE-Bench mapping file's entries as rows; an entry that breaks the format is that row's error."""
+    from nulltext.pie_bench import PieBenchError, load_mapping, parse_entry
 
     try:
-        entries = read_mapping(path)
+        raw = load_mapping(path)
     except PieBenchError as e:
         raise ManifestError(str(e)) from None
-    return [Row(n, e.key, str(images_dir / e.image_path), e.source_prompt,
-                edits=[{"target": e.target_prompt, "blend_words": e.blend_words}])
-            for n, e in enumerate(entries, 1)]
+    rows = []
+    for n, (key, item) in enumerate(raw.items(), 1):
+        try:
+            e = parse_entry(path, key, item)
+        except PieBenchError as error:
+            rows.append(Row(n, _row_id(key, n)[0], "", "", error=str(error)))
+            continue
+        rows.append(_row(n, {"id": e.key, "image": e.image_path, "prompt": e.source_prompt,
+                             "edits": [{"target": e.target_prompt, "blend_words": e.blend_words}]}, images_dir))
+    return rows
+
+
+def _clip(text: str, n: int) -> str:
+    """`text` cut to about `n` characters, its start and end kept (an error's fix comes last)."""
+    return text if len(text) <= n else f"{text[: n * 2 // 3]} … {text[-(n // 3):]}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,16 +320,18 @@ def _digest(*parts) -> str:
 
 
 def _file_digest(path: str) -> str:
+    from nulltext.images import open_regular
+
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:  # a FIFO, device or folder is refused before it is opened
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
 def plan_row(model: Model, row: Row, base: InversionConfig) -> Task:
-    """Check a row (settings, prompts, readable image, edit options) and name its outputs by content."""
-    from nulltext.images import load_image
+    """Check a row (settings, prompts, readable image and masks, edit options) and name its outputs by content."""
+    from nulltext.images import load_image, load_mask
 
     if row.error:
         raise ManifestError(row.error)
@@ -229,15 +349,30 @@ def plan_row(model: Model, row: Row, base: InversionConfig) -> Task:
             raise SettingsError(f"edit option {unknown[0]!r} is not one of {', '.join(EDIT_KEYS)}")
         if not isinstance(e.get("target"), str):
             raise SettingsError("an edit has no target caption — add \"target\": \"the edited caption\"")
+        _check_edit_shapes(options)
         model.check_prompt(e["target"])
         EditConfig(**_edit_options(options))  # the options' own checks
         mask = e.get("mask")
+        if mask:
+            load_mask(mask, size)  # a mask that is not an image of the photo's size fails before the inversion
         edit_key = _digest(inversion_key, e["target"], options, _file_digest(mask) if mask else None)[:12]
         edits.append({"target": e["target"], "options": options, "mask": mask,
                       "path": f"{EDITS}/{inversion_key}-{edit_key}.png"})
     key = _digest(inversion_key, [e["path"] for e in edits])[:24]
     return Task(row.number, row.id, row.image, row.prompt, key, inversion_key, dataclasses.asdict(config),
                 list(size), f"{INVERSIONS}/{inversion_key}.nti", edits)
+
+
+def _check_edit_shapes(options: dict) -> None:
+    """The edit options EditConfig reads as containers must be ones: reweight and word_cross_replace
+    objects, blend_words and blend_subtract lists of words (EditConfig checks the values)."""
+    for name, example, ok in (
+            ("reweight", '{"cat": 2}', lambda v: isinstance(v, dict)),
+            ("word_cross_replace", '{"cat": 0.5}', lambda v: isinstance(v, dict)),
+            ("blend_words", '["cat"]', lambda v: isinstance(v, list) and all(isinstance(w, str) for w in v)),
+            ("blend_subtract", '["mirror"]', lambda v: isinstance(v, list) and all(isinstance(w, str) for w in v))):
+        if name in options and not ok(options[name]):
+            raise SettingsError(f"edit option {name} must be like {example}, got {_clip(json.dumps(options[name]), 40)}")
 
 
 def _edit_options(options: dict) -> dict:
@@ -251,20 +386,35 @@ def _edit_options(options: dict) -> dict:
     return out
 
 
-def read_results(out: Path) -> dict[str, dict]:
-    """The latest results line per row key; a torn last line (a killed write) is ignored."""
-    latest = {}
+@dataclass
+class ResultsLog:
+    """What results.jsonl says: the latest record per row key, the rows logged as duplicates, lines unread."""
+
+    latest: dict[str, dict] = field(default_factory=dict)  # row key → its latest record (duplicate lines aside)
+    duplicates: set[tuple[int, str]] = field(default_factory=set)  # (row number, row key) logged as "duplicate"
+    unreadable: int = 0  # lines that are not a whole record: torn by a killed write, or damaged
+
+
+def read_results(out: str | Path) -> ResultsLog:
+    """Read results.jsonl line by line as bytes: a torn or damaged line (even one cut inside a UTF-8
+    character) is counted and skipped, never stopping the run."""
+    log = ResultsLog()
     try:
-        lines = (Path(out) / RESULTS).read_text(encoding="utf-8").splitlines()
+        data = (Path(out) / RESULTS).read_bytes()
     except FileNotFoundError:
-        return latest
-    for line in lines:
-        try:
-            record = json.loads(line)
-            latest[record["key"]] = record
-        except (json.JSONDecodeError, KeyError, TypeError):
+        return log
+    for line in data.split(b"\n"):
+        if not line.strip():
             continue
-    return latest
+        try:
+            record = json.loads(line.decode("utf-8"))
+            if record.get("status") == "duplicate":
+                log.duplicates.add((record["row"], record["key"]))
+            else:
+                log.latest[record["key"]] = record
+        except (ValueError, RecursionError, KeyError, TypeError, AttributeError):  # UnicodeDecodeError is a ValueError
+            log.unreadable += 1
+    return log
 
 
 def is_finished(task: Task, out: Path, results: dict[str, dict]) -> bool:
@@ -273,15 +423,87 @@ def is_finished(task: Task, out: Path, results: dict[str, dict]) -> bool:
             and all((out / e["path"]).is_file() for e in task.edits))
 
 
-def append_result(out: Path, record: dict) -> None:
-    """One results line, appended in one write and synced: a kill leaves it whole or absent (or torn, then ignored)."""
-    data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
-    fd = os.open(out / RESULTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+def prepare_output(out: str | Path) -> list[str]:
+    """Make OUT, OUT/inversions and OUT/edits and prove each writable (a probe file: root ignores modes), and
+    end results.jsonl with a newline. An OutputError, before any work, for what cannot be written; returns
+    one-line warnings (a torn last results line that was closed)."""
+    out = Path(out)
+    for folder in (out, out / INVERSIONS, out / EDITS):
+        if os.path.lexists(folder) and not folder.is_dir():
+            raise OutputError(f"cannot write into '{folder}': it is a file, not a folder — move it away or write "
+                              "elsewhere with -o")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(folder, e) from None
+        probe_folder(folder)
+    fd = _open_results(out)
     try:
-        os.write(fd, data)
+        torn = _needs_newline(fd)
+        if torn:
+            _write_all(fd, b"\n")
+    finally:
+        os.close(fd)
+    return [f"{out / RESULTS} ended in a torn line (a killed write); it was closed with a newline and is "
+            "skipped — its row runs again"] if torn else []
+
+
+def _open_results(out: Path) -> int:
+    """results.jsonl opened to append (created if missing); OutputError unless it is a regular file."""
+    path = out / RESULTS
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as e:
+        raise write_error(path, e) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OutputError(f"cannot write '{path}': it is not a regular file — move it away or write elsewhere with -o")
+    return fd
+
+
+def _needs_newline(fd: int) -> bool:
+    """Whether the file does not end in "\n" (a write torn by a kill): the next line would be glued to it."""
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def append_result(out: Path, record: dict) -> None:
+    """One results line, appended and synced: a kill leaves it whole or absent, or torn, and then the next
+    append starts on a new line (the torn fragment stays a line of its own, skipped by `read_results`)."""
+    data = _results_line(record)
+    fd = _open_results(Path(out))
+    try:
+        _write_all(fd, b"\n" + data if _needs_newline(fd) else data)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _results_line(record: dict) -> bytes:
+    """Any record as one JSON line: a value JSON cannot hold (an int past the digit limit, an object) is
+    named instead, and text that cannot be UTF-8 (a lone surrogate) keeps JSON's \\uXXXX escape."""
+    try:
+        text = json.dumps(record, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        record = {str(k): _storable(v) for k, v in record.items()}
+        text = json.dumps(record, ensure_ascii=False)
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(record) + "\n").encode("ascii")
+
+
+def _storable(value):
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError, RecursionError):
+        return f"<a {type(value).__name__} JSON cannot hold>"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,11 +621,8 @@ def _record(task: Task, status: str, **fields) -> dict:
 
 
 def one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    from nulltext.errors import USER_ERRORS
-
-    known = isinstance(e, (*USER_ERRORS, ManifestError))
-    return text if known and text else f"{type(e).__name__}: {text}" if text else type(e).__name__
+    """An error as one printable line of at most ~1000 characters (its end, the fix, kept)."""
+    return _clip(errors.one_line(e).encode("utf-8", "backslashreplace").decode("utf-8"), 1000)
 
 
 def _failed(task: Task, e: BaseException) -> dict:
@@ -418,17 +637,18 @@ def _failed(task: Task, e: BaseException) -> dict:
 class RunSummary:
     rows: int
     done: int  # rows finished by this run
-    skipped: int  # rows finished by an earlier run (or repeating a row of this manifest)
+    skipped: int  # rows finished by an earlier run, or repeating an earlier row of the manifest ("duplicate")
     failed: int
     mean_psnr: float | None  # over every finished row of the manifest
     seconds: float
     failures: list[tuple[int, str]] = field(default_factory=list)  # (row number, error)
+    warnings: list[str] = field(default_factory=list)  # one line each: results.jsonl lines torn or unreadable
 
     def table(self) -> str:
         psnr = "—" if self.mean_psnr is None else f"{self.mean_psnr:.2f} dB"
         lines = ["| rows | done | skipped | failed | mean PSNR | time |", "|---|---|---|---|---|---|",
                  f"| {self.rows} | {self.done} | {self.skipped} | {self.failed} | {psnr} | {self.seconds:.1f} s |"]
-        lines += [f"row {n}: {error}" for n, error in self.failures]
+        lines += [error if error.startswith(f"row {n}:") else f"row {n}: {error}" for n, error in self.failures]
         return "\n".join(lines)
 
 
@@ -450,28 +670,49 @@ class BatchConfig:
 Executor = Callable[[list[dict], Callable[[dict], None]], None]  # (tasks, on_result) → runs them all
 
 
-def plan_run(model: Model, rows: list[Row], out: Path, config: BatchConfig
-             ) -> tuple[list[Task], list[dict], list[dict]]:
-    """(tasks to run, records of rows that failed planning, the results records of rows already finished)."""
-    results = read_results(out)
-    tasks, failed, finished, seen = [], [], [], set()
+@dataclass
+class Plan:
+    """What a run will do with each row of the manifest."""
+
+    tasks: list[Task] = field(default_factory=list)  # rows to run
+    failed: list[dict] = field(default_factory=list)  # records of rows that failed their checks (to log)
+    duplicates: list[dict] = field(default_factory=list)  # records of rows repeating an earlier row (to log)
+    finished: list[dict] = field(default_factory=list)  # records of rows finished before, and duplicates logged before
+    warnings: list[str] = field(default_factory=list)
+
+
+def plan_run(model: Model, rows: list[Row], out: Path, config: BatchConfig) -> Plan:
+    """Check every row, name its outputs, and sort it: to run, failed, duplicate, or finished by an earlier run.
+
+    A row with the same content as an earlier row (same row key) runs once; the copy is logged with
+    status "duplicate" and `duplicate_of` (the earlier row's number), once — its line is not repeated by
+    reruns, and `read_results` keeps it apart from the row key's own record, so resume is unchanged.
+    """
+    log = read_results(out)
+    plan = Plan()
+    if log.unreadable:
+        plan.warnings.append(f"{Path(out) / RESULTS}: {log.unreadable} unreadable line"
+                             f"{'s' if log.unreadable > 1 else ''} (torn by a killed write, or damaged) skipped")
+    first: dict[str, int] = {}
     for row in rows:
         try:
             task = plan_row(model, row, config.inversion)
         except Exception as e:  # noqa: BLE001 - a bad row is recorded, the run goes on
-            failed.append({"key": f"row-{row.number}-{_digest(row.image, row.prompt)[:12]}", "row": row.number,
-                           "id": row.id, "image": row.image, "prompt": row.prompt, "status": "failed",
-                           "error": one_line(e), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            plan.failed.append({"key": f"row-{row.number}-{_digest(row.image, row.prompt)[:12]}", "row": row.number,
+                                "id": row.id, "image": row.image, "prompt": row.prompt, "status": "failed",
+                                "error": one_line(e), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             continue
-        if task.key in seen:  # the same content twice: run once, count the copy as skipped
-            finished.append({"key": task.key, "row": row.number, "status": "duplicate"})
+        if task.key in first:  # the same content twice: run once, log the copy as a duplicate (skipped)
+            logged = (row.number, task.key) in log.duplicates and not config.redo
+            (plan.finished if logged else plan.duplicates).append(
+                _record(task, "duplicate", duplicate_of=first[task.key]))
             continue
-        seen.add(task.key)
-        if not config.redo and is_finished(task, out, results):
-            finished.append(results[task.key])
+        first[task.key] = row.number
+        if not config.redo and is_finished(task, out, log.latest):
+            plan.finished.append(log.latest[task.key])
         else:
-            tasks.append(task)
-    return tasks, failed, finished
+            plan.tasks.append(task)
+    return plan
 
 
 def run_manifest(model: Model, rows: list[Row], out: str | Path, config: BatchConfig | None = None,
@@ -480,18 +721,19 @@ def run_manifest(model: Model, rows: list[Row], out: str | Path, config: BatchCo
     """Run every unfinished row: plan, execute (locally in batches of K, or by `executor`), log results.jsonl.
 
     `on_plan(n)` hears how many rows this run will report; `on_row(record)` each results record as it is
-    logged; `on_step(StepReport)` each outer step of the batch being inverted (local runs).
+    logged; `on_step(StepReport)` each outer step of the batch being inverted (local runs). OUT is probed
+    first (`prepare_output`): an OutputError comes before any work.
     """
     config = config or BatchConfig()
     out = Path(out)
     start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    warnings = prepare_output(out)
     for folder in (out, out / INVERSIONS, out / EDITS):
         remove_stale_temps(folder)  # temp files of a killed run
-    tasks, failed, finished = plan_run(model, rows, out, config)
+    plan = plan_run(model, rows, out, config)
     records: list[dict] = []
     if on_plan is not None:
-        on_plan(len(failed) + len(tasks))  # the rows this run will report
+        on_plan(len(plan.failed) + len(plan.duplicates) + len(plan.tasks))  # the rows this run will report
 
     def record(r: dict) -> None:
         append_result(out, r)
@@ -499,21 +741,23 @@ def run_manifest(model: Model, rows: list[Row], out: str | Path, config: BatchCo
         if on_row is not None:
             on_row(r)
 
-    for r in failed:
+    for r in plan.failed + plan.duplicates:
         record(r)
     if executor is None:
-        for batch in _batches(tasks, config.batch_size):
+        for batch in _batches(plan.tasks, config.batch_size):
             for r in run_tasks(model, [dataclasses.asdict(t) for t in batch], out, config.redo, on_step):
                 record(r)
     else:
-        executor([dataclasses.asdict(t) for t in tasks], record)
+        executor([dataclasses.asdict(t) for t in plan.tasks], record)
     for folder in (out / INVERSIONS, out / EDITS):
         remove_stale_temps(folder)  # of workers killed during this run (Ray retried their rows)
     done = [r for r in records if r["status"] == "done"]
-    psnrs = [r["psnr"] for r in done + finished if r.get("psnr") is not None]
-    bad = [r for r in records if r["status"] != "done"]
-    return RunSummary(len(rows), len(done), len(finished), len(bad), sum(psnrs) / len(psnrs) if psnrs else None,
-                      time.perf_counter() - start, sorted((r["row"], r.get("error", "")) for r in bad))
+    psnrs = [r["psnr"] for r in done + plan.finished
+             if isinstance(r.get("psnr"), (int, float)) and not isinstance(r["psnr"], bool)]
+    bad = [r for r in records if r["status"] not in ("done", "duplicate")]
+    return RunSummary(len(rows), len(done), len(plan.finished) + len(plan.duplicates), len(bad),
+                      sum(psnrs) / len(psnrs) if psnrs else None, time.perf_counter() - start,
+                      sorted((r["row"], r.get("error", "")) for r in bad), warnings + plan.warnings)
 
 
 def _batches(tasks: list[Task], size: int) -> Iterable[list[Task]]:

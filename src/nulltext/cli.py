@@ -11,11 +11,12 @@ import typing
 from pathlib import Path
 
 from nulltext import __version__
+from nulltext.errors import NulltextError
 
 EXIT_ERROR = 2
 
 
-class CLIError(Exception):
+class CLIError(NulltextError):
     """A user-facing one-line error."""
 
 
@@ -387,20 +388,22 @@ def cmd_serve(args) -> None:
 
 
 def cmd_batch(args) -> int:
-    from nulltext.batch import BatchConfig, ManifestError, read_manifest, run_manifest
+    from nulltext.batch import BatchConfig, ManifestError, prepare_output, read_manifest, run_manifest
 
     try:
         rows = read_manifest(args.manifest, args.images)
     except ManifestError as e:
         raise CLIError(str(e)) from None
     config = _settings(BatchConfig, batch_size=args.batch_size, redo=args.redo or args.force)
+    for warning in prepare_output(args.output):  # an unwritable -o is one line before the model loads
+        print(f"nulltext: warning: {warning}", file=sys.stderr)
     model = _load_model(args)
     rows_bar = _progress(args, len(rows), "rows")
     steps_bar = _progress(args, None, "steps") if args.ray is None else None  # Ray workers report rows only
     failed = []
 
     def on_row(record: dict) -> None:
-        failed.extend([record["row"]] if record["status"] != "done" else [])
+        failed.extend([record["row"]] if record["status"] not in ("done", "duplicate") else [])
         rows_bar.update(1)
         rows_bar.set_postfix(failed=len(failed))
 
@@ -424,6 +427,8 @@ def cmd_batch(args) -> int:
             bar.close()
     print(summary.table())
     print(f"results: {Path(args.output) / 'results.jsonl'}")
+    for warning in summary.warnings:
+        print(f"nulltext: warning: {warning}", file=sys.stderr)
     return 1 if summary.failed else 0
 
 
@@ -595,18 +600,15 @@ _TEXT_ARGUMENTS = {"prompt": "--prompt", "targets": "a target prompt", "reweight
 
 def _check_text_arguments(args) -> None:
     """Text that is not valid UTF-8 arrives as surrogate escapes; refuse it naming the argument."""
-    from nulltext.model import PromptError, check_prompt_text
+    from nulltext.model import utf8_problem
 
     for dest, name in _TEXT_ARGUMENTS.items():
         values = getattr(args, dest, None)
         for value in values if isinstance(values, list) else [values]:
             for text in value if isinstance(value, tuple) else [value]:
-                if isinstance(text, str):
-                    try:
-                        check_prompt_text(text)
-                    except PromptError as e:
-                        raise CLIError(f"{name} is not valid UTF-8: {str(e).partition('(')[2].partition(')')[0]} — "
-                                       "pass it as UTF-8 text") from None
+                problem = utf8_problem(text) if isinstance(text, str) else None
+                if problem:
+                    raise CLIError(f"{name} is not valid UTF-8: {problem} — pass it as UTF-8 text")
 
 
 def _close_progress_bars() -> None:
@@ -615,11 +617,6 @@ def _close_progress_bars() -> None:
 
     for bar in list(getattr(tqdm, "_instances", [])):
         bar.close()
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return " ".join(text.splitlines()[0].split()) if text else type(e).__name__
 
 
 class _TerminateAsExit:
@@ -661,15 +658,10 @@ def main(argv: list[str] | None = None) -> int:
         _close_progress_bars()
         if debug:
             raise
-        from nulltext.errors import RUNTIME_ERRORS, USER_ERRORS
+        from nulltext.errors import one_line, runtime_errors
 
-        message = _one_line(e)
-        if isinstance(e, (CLIError, *USER_ERRORS)):
-            print(f"nulltext: error: {message}", file=sys.stderr)
-        elif isinstance(e, RUNTIME_ERRORS):
-            print(f"nulltext: error: {type(e).__name__}: {message}", file=sys.stderr)
-        else:
-            print(f"nulltext: error: {type(e).__name__}: {message} (run with --debug for the traceback)", file=sys.stderr)
+        hint = "" if isinstance(e, (NulltextError, *runtime_errors())) else " (run with --debug for the traceback)"
+        print(f"nulltext: error: {one_line(e)}{hint}", file=sys.stderr)
         return EXIT_ERROR
     return code or 0
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
+from nulltext.errors import NulltextError, first_line, short
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 
@@ -41,7 +42,7 @@ class Schedule:
         return int(self.timesteps[i - 1])
 
 
-class ScheduleError(ValueError):
+class ScheduleError(NulltextError, ValueError):
     """A scheduler config or step count that makes no valid DDIM schedule; one line saying what and the limit."""
 
 
@@ -84,12 +85,12 @@ def check_scheduler_config(config) -> dict:
             if value is not None and not (isinstance(value, list) and value and all(_is(b, _NUMBER) for b in value)):
                 raise ScheduleError("scheduler setting trained_betas is not a list of finite numbers")
         elif not _is(value, _CONFIG_TYPES[key]):
-            raise ScheduleError(f"scheduler setting {key} = {_short_repr(value)} is not {_CONFIG_TYPES[key]}")
+            raise ScheduleError(f"scheduler setting {key} = {short(repr(value))} is not {_CONFIG_TYPES[key]}")
     if known.get("timestep_spacing", "leading") not in TIMESTEP_SPACINGS:
-        raise ScheduleError(f"scheduler timestep_spacing {_short_repr(known['timestep_spacing'])} is not one of "
+        raise ScheduleError(f"scheduler timestep_spacing {short(repr(known['timestep_spacing']))} is not one of "
                             + ", ".join(TIMESTEP_SPACINGS))
     if known.get("prediction_type", "epsilon") not in PREDICTION_TYPES:
-        raise ScheduleError(f"scheduler prediction_type {_short_repr(known['prediction_type'])} is not one of "
+        raise ScheduleError(f"scheduler prediction_type {short(repr(known['prediction_type']))} is not one of "
                             + ", ".join(PREDICTION_TYPES))
     if not 2 <= known.get("num_train_timesteps", 1000) <= 100_000 or not 0 <= known.get("steps_offset", 0) < 1000:
         raise ScheduleError("scheduler num_train_timesteps must be 2…100000 and steps_offset 0…999")
@@ -98,11 +99,6 @@ def check_scheduler_config(config) -> dict:
         raise ScheduleError(f"scheduler trained_betas has {len(betas)} values but num_train_timesteps is {n} — "
                             "give one beta per training timestep")
     return known
-
-
-def _short_repr(value, n: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _ddim_scheduler(config: dict):
@@ -123,14 +119,10 @@ def _ddim_scheduler(config: dict):
     except (NotImplementedError, ValueError, TypeError, RuntimeError, ZeroDivisionError) as e:
         # what diffusers and torch raise on values it cannot build (an unknown beta schedule, betas torch
         # refuses…); anything else is a bug in nulltext and keeps its traceback
-        raise ScheduleError(f"diffusers' DDIMScheduler refuses the scheduler config: {_first_line(e)}") from None
+        raise ScheduleError(f"diffusers' DDIMScheduler refuses the scheduler config: {first_line(e, 120)}") from None
     finally:
         logger.setLevel(level)
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return _short_repr(text.splitlines()[0], 120)[1:-1] if text else type(e).__name__
 
 
 def _timesteps(sched, num_steps: int) -> torch.Tensor | None:
@@ -151,7 +143,7 @@ def make_schedule(scheduler_config: dict, num_steps: int) -> Schedule:
     Raises ScheduleError (one line) for a config diffusers cannot use or more steps than it allows.
     """
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-        raise ScheduleError(f"the number of DDIM steps must be a whole number ≥ 1, got {_short_repr(num_steps)}")
+        raise ScheduleError(f"the number of DDIM steps must be a whole number ≥ 1, got {short(repr(num_steps))}")
     sched = _ddim_scheduler(scheduler_config)
     found = _timesteps(sched, num_steps)
     if found is None:

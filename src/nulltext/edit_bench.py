@@ -46,6 +46,7 @@ from nulltext.inversion import InversionConfig, invert
 from nulltext.inversion_file import atomic_write
 from nulltext.model import Model
 from nulltext.prompt_to_prompt import EditConfig, TargetNull
+from nulltext.errors import first_line
 
 EDIT_TYPES = ("colour", "shape", "background", "colour+shape")
 METHODS = ("null-text", "negative-prompt", "direct", "ddim")
@@ -257,7 +258,7 @@ def run_edit_bench(model: Model, cases: list[EditCase], config: BenchConfig,
                 except ValueError as e:  # prompts P2P cannot align, a blend word missing from both prompts…
                     records.append(EditRecord(case.case_id, case.edit_type, label, blend, case.source_prompt,
                                               case.target_prompt, case.changed, {}, None, t_inv, 0.0,
-                                              str(e).splitlines()[0]))
+                                              first_line(e)))
                     continue
                 t_edit = time.perf_counter() - t0
                 rec, edited = to_pil(result.images)

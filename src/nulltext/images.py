@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import stat
 import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from nulltext.outputs import publish
+from nulltext.errors import NulltextError
 
 MIN_IMAGE_SIDE = 8
 GRID_PADDING = 4
@@ -33,7 +35,7 @@ Box = tuple[int, int, int, int]
 Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
 
 
-class ImageError(ValueError):
+class ImageError(NulltextError, ValueError):
     """A photo that cannot be used, with a one-line message naming the file and the fix."""
 
 
@@ -77,29 +79,69 @@ def _pillow_warnings_silenced() -> Iterator[None]:
         yield
 
 
-def _decode(path: str | os.PathLike[str]) -> Image.Image:
-    """Open ``path`` with PIL and decode all its pixels, turning every failure into an ImageError."""
-    fix = "pass a PNG/JPEG/WebP photo"
-    if os.path.isdir(path):
-        raise _image_error(path, "it is a directory", "pass the path of an image file")
+_NOT_A_FILE = ((stat.S_ISDIR, "it is a directory"), (stat.S_ISFIFO, "it is a named pipe (FIFO), not a file"),
+               (stat.S_ISCHR, "it is a device, not a file"), (stat.S_ISBLK, "it is a device, not a file"),
+               (stat.S_ISSOCK, "it is a socket, not a file"))
+
+
+def _check_regular(path, mode: int) -> None:
+    for test, problem in _NOT_A_FILE:
+        if test(mode):
+            raise _image_error(path, problem, "pass the path of an image file")
+    if not stat.S_ISREG(mode):
+        raise _image_error(path, "it is not a regular file", "pass the path of an image file")
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open a photo or mask file for reading; ImageError unless it is a regular file.
+
+    A folder, named pipe, device or socket is refused before it is opened (reading a FIFO would wait
+    forever for a writer, /dev/zero never ends), and again after (`fstat`), in case the path changed
+    between the two; a file descriptor number is refused as not a path (`open(1)` would read stdout).
+    """
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise ImageError(f"cannot read image {path!r}: a path must be text, not {type(path).__name__} — "
+                         "pass the file's path, e.g. \"photo.png\"")
     try:
-        if os.path.getsize(path) == 0:
-            raise _image_error(path, "file is empty", fix)
-        with _pillow_warnings_silenced(), Image.open(path) as opened:
-            opened.load()
-        return opened
+        mode = os.stat(path).st_mode
+        _check_regular(path, mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
     except ImageError:
         raise
     except FileNotFoundError:
         raise _image_error(path, "file not found", "check the path") from None
     except PermissionError:
         raise _image_error(path, "permission denied", "make the file readable") from None
-    except UnidentifiedImageError:
-        raise _image_error(path, "not a recognised image format", fix) from None
-    except Image.DecompressionBombError:
-        raise _image_error(path, "image is too large to decode safely", "downscale it first") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error):
-        raise _image_error(path, "file is truncated or corrupt", "re-export or re-download it") from None
+    except (OSError, ValueError) as e:  # a name too long, a file under a file, a NUL or lone surrogate in it
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise _image_error(path, f"it cannot be opened ({reason})", "check the path") from None
+    try:
+        _check_regular(path, os.fstat(fd).st_mode)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _decode(path: str | os.PathLike[str]) -> Image.Image:
+    """Open ``path`` with PIL and decode all its pixels, turning every failure into an ImageError."""
+    fix = "pass a PNG/JPEG/WebP photo"
+    with open_regular(path) as handle:
+        try:
+            if os.fstat(handle.fileno()).st_size == 0:
+                raise _image_error(path, "file is empty", fix)
+            with _pillow_warnings_silenced(), Image.open(handle) as opened:
+                opened.load()
+            return opened
+        except ImageError:
+            raise
+        except UnidentifiedImageError:
+            raise _image_error(path, "not a recognised image format", fix) from None
+        except Image.DecompressionBombError:
+            raise _image_error(path, "image is too large to decode safely", "downscale it first") from None
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error):
+            raise _image_error(path, "file is truncated or corrupt", "re-export or re-download it") from None
 
 
 def _oriented(path: str, image: Image.Image) -> Image.Image:
@@ -179,8 +221,9 @@ def _checked_crop(path: str, crop: Box, width: int, height: int) -> Box:
 def load_image(path: str | os.PathLike[str], size: int | Size, crop: Box | None = None) -> LoadedImage:
     """Read a photo, orient it by EXIF, make it RGB, crop it and resize it to ``size``."""
     target = _target_size(size)
+    decoded = _decode(path)  # refuses what is not a path of a regular file, before opening it
     name = os.fspath(path)
-    original = _oriented(name, _decode(name))
+    original = _oriented(name, decoded)
     width, height = original.size
     if width < MIN_IMAGE_SIDE or height < MIN_IMAGE_SIDE:
         raise _image_error(

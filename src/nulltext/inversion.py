@@ -34,13 +34,14 @@ from nulltext.ddim import Schedule, ddim_inverse_step, ddim_step, guided, make_s
 from nulltext.model import Model
 from nulltext.sampling import guided_prediction
 from nulltext.settings import SettingsError, check_finite, check_flag, check_whole
+from nulltext.errors import NulltextError
 
 Method = Literal["null-text", "ddim", "negative-prompt", "direct"]
 # how each step's ∅_t is optimised: the paper's Adam, or preconditioned descent with secant step lengths
 Optimizer = Literal["adam", "secant"]
 
 
-class InversionError(RuntimeError):
+class InversionError(NulltextError, RuntimeError):
     """The optimisation failed (NaN/inf); the message says what to change."""
 
 

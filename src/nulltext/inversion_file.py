@@ -33,13 +33,14 @@ from nulltext.ddim import ScheduleError, make_schedule
 from nulltext.inversion import Inversion, InversionConfig
 from nulltext.model import Model
 from nulltext.outputs import publish
+from nulltext.errors import NulltextError, first_line, short
 
 FORMAT = "nulltext-inversion"
 FORMAT_VERSION = 1
 _TENSORS = ("latent_T", "null_embeddings", "pivot", "photo", "corrections", "null_pooled")
 
 
-class InversionFileError(ValueError):
+class InversionFileError(NulltextError, ValueError):
     """A missing, corrupt, foreign or mismatched inversion file; one line saying what and how to fix."""
 
 
@@ -104,7 +105,7 @@ def load_inversion(path: str | Path, model: Model | None = None) -> Inversion:
             tensors = {k: f.get_tensor(k) for k in f.keys() if k in _TENSORS}
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for bad files
         raise InversionFileError(f"'{path}' is not a readable inversion file (corrupt or not safetensors: "
-                                 f"{_first_line(e)}) — {_REINVERT}") from None
+                                 f"{first_line(e, 120)}) — {_REINVERT}") from None
     keys = _header_keys(metadata)
     if keys is None:
         raise InversionFileError(f"'{path}' is a safetensors file but not a nulltext inversion — "
@@ -137,7 +138,7 @@ def _get(h: dict, key: str, kind, default=_Bad, what: str = ""):
     value = h[key]
     ok = kind(value) if callable(kind) and not isinstance(kind, type) else isinstance(value, kind)
     if not ok or (isinstance(value, bool) and kind in (int, (int, float))):
-        raise _Bad(f"{key} is {_short(value)}, not {what or getattr(kind, '__name__', 'valid')}")
+        raise _Bad(f"{key} is {short(repr(value))}, not {what or getattr(kind, '__name__', 'valid')}")
     return value
 
 
@@ -170,7 +171,7 @@ def _from_header(raw, tensors: dict[str, torch.Tensor], where: str) -> Inversion
         try:
             h = json.loads(raw)
         except (ValueError, RecursionError) as e:
-            raise _Bad(f"is not JSON ({_first_line(e)})") from None
+            raise _Bad(f"is not JSON ({first_line(e, 120)})") from None
         if not isinstance(h, dict):
             raise _Bad("is not a JSON object")
         raw_config = _get(h, "config", dict, what="a JSON object")
@@ -178,7 +179,7 @@ def _from_header(raw, tensors: dict[str, torch.Tensor], where: str) -> Inversion
         try:
             config = InversionConfig(**{k: v for k, v in raw_config.items() if k in known})  # checks itself
         except (TypeError, ValueError) as e:
-            raise _Bad(f"has invalid settings: {_first_line(e)}") from None
+            raise _Bad(f"has invalid settings: {first_line(e, 120)}") from None
         missing = [k for k in ("latent_T", "null_embeddings") if k not in tensors]
         if missing:
             raise _Bad(f"has no {missing[0]} tensor")
@@ -236,18 +237,18 @@ def _inconsistency(inv: Inversion) -> str | None:
     try:
         InversionConfig(**dataclasses.asdict(inv.config))  # its own checks again: fields can be set after construction
     except (TypeError, ValueError) as e:
-        return f"its settings are invalid: {_first_line(e)}"
+        return f"its settings are invalid: {first_line(e, 120)}"
     T = inv.config.num_steps
     if not _text(inv.prompt):
         return "its prompt is not a UTF-8 string"
     try:
         make_schedule(inv.scheduler_config, T)
     except ScheduleError as e:
-        return f"its scheduler config is unusable: {_first_line(e)}"
+        return f"its scheduler config is unusable: {first_line(e, 120)}"
     size = tuple(inv.image_size)
     if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMAGE_SIDE
                                  for v in size):
-        return f"its image size {_short(inv.image_size)} is not two whole numbers 1…{MAX_IMAGE_SIDE}"
+        return f"its image size {short(repr(inv.image_size))} is not two whole numbers 1…{MAX_IMAGE_SIDE}"
     W, H = size
     for name, t, ndim in (("latent_T", inv.latent_T, 4), ("null_embeddings", inv.null_embeddings, 3),
                           ("pivot", inv.pivot, 4), ("corrections", inv.corrections, 4),
@@ -284,7 +285,7 @@ def _inconsistency(inv: Inversion) -> str | None:
         if len(values) not in (0, T):
             return f"it has {len(values)} {name.replace('_', ' ')} for {T} steps"
     if inv.crop_box is not None and len(tuple(inv.crop_box)) != 4:
-        return f"its crop box {_short(inv.crop_box)} is not four numbers"
+        return f"its crop box {short(repr(inv.crop_box))} is not four numbers"
     return None
 
 
@@ -322,16 +323,6 @@ def check_model(inv: Inversion, model: Model, path: str | Path | None = None) ->
     if problem:
         raise InversionFileError(f"{where} does not fit model {model.source!r}: {problem} — "
                                  f"{_REINVERT} with this model")
-
-
-def _short(value, n: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return " ".join(text.splitlines()[0].split())[:120] if text else type(e).__name__
 
 
 def _jsonable(config: dict) -> dict:

@@ -32,21 +32,22 @@ from typing import Any, Iterator
 import torch
 
 from nulltext.conditioning import TextConditioning
+from nulltext.errors import NulltextError, first_line, short
 
 BUNDLED = "bundled"
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(NulltextError, RuntimeError):
     """A model that cannot be loaded; the message is one line naming the source and the fix."""
 
 
-class PromptError(ValueError):
+class PromptError(NulltextError, ValueError):
     """An empty, over-long or non-UTF-8 prompt; one line naming the prompt and the fix."""
 
 
-class SizeError(ValueError):
+class SizeError(NulltextError, ValueError):
     """An image size the model cannot use or the machine cannot hold; one line with the size and the fix."""
 
 
@@ -154,7 +155,7 @@ class Model:
         n = len(self.tokenizer(prompt).input_ids)
         if n > self.max_tokens:
             raise PromptError(
-                f"prompt {_short(prompt)!r} is {n} tokens long; this model reads at most {self.max_tokens} "
+                f"prompt {short(prompt)!r} is {n} tokens long; this model reads at most {self.max_tokens} "
                 "(start and end included) — shorten it"
             )
 
@@ -271,13 +272,21 @@ def check_prompt_text(prompt) -> None:
     """Raise PromptError unless `prompt` is a string of valid Unicode (no undecodable bytes)."""
     if not isinstance(prompt, str):
         raise PromptError(f"the prompt must be text, got {type(prompt).__name__}")
+    problem = utf8_problem(prompt)
+    if problem:
+        raise PromptError(f"the prompt is not valid UTF-8 ({problem}) — pass the caption as UTF-8 text")
+
+
+def utf8_problem(text: str) -> str | None:
+    """Where `text` cannot be written as UTF-8 ("byte 0xe9 at character 4": an undecodable byte kept as a
+    surrogate escape; "U+D800 at character 1": a lone surrogate), or None if it can."""
     try:
-        prompt.encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError as e:
-        bad = prompt[e.start]
+        bad = text[e.start]
         byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
-        raise PromptError(f"the prompt is not valid UTF-8 ({byte} at character {e.start + 1}) — "
-                          "pass the caption as UTF-8 text") from None
+        return f"{byte} at character {e.start + 1}"
+    return None
 
 
 def available_memory(device: torch.device) -> int:
@@ -290,10 +299,6 @@ def available_memory(device: torch.device) -> int:
         return info.get("MemAvailable", info["MemTotal"])
     except (OSError, KeyError, ValueError, IndexError):
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def _short(text: str, n: int = 40) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def default_device() -> torch.device:
@@ -384,7 +389,7 @@ def load_model(source: str | Path | None = None, device: str | torch.device | No
         raise
     except Exception as e:  # noqa: BLE001 - any failure of the loaders becomes one clear line
         raise ModelLoadError(
-            f"cannot load model {source!r}: {_short(_first_line(e), 160)} — pass --model with a diffusers folder, "
+            f"cannot load model {source!r}: {first_line(e, 160)} — pass --model with a diffusers folder, "
             "a .safetensors file, or a hub id that is cached locally"
         ) from None
     unet, vae, text_encoder, text_encoder_2 = c["unet"], c["vae"], c["text_encoder"], c.get("text_encoder_2")
@@ -411,10 +416,6 @@ def load_model(source: str | Path | None = None, device: str | torch.device | No
     return Model(unet, vae, text_encoder, c["tokenizer"], c["scheduler_config"], source, identity,
                  text_encoder_2, c.get("tokenizer_2"))
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return " ".join(text.splitlines()[0].split()) if text else type(e).__name__
 
 
 @contextlib.contextmanager
@@ -650,7 +651,7 @@ def _load_single_file(source: str, path: Path, allow_pickle: bool, config: Path 
                                          config=None if config is None else str(config), **kwargs)
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"cannot load model {source!r} as {family} checkpoint: "
-                             f"{_short(_first_line(e), 120)} — pass --model-config with a local diffusers folder of "
+                             f"{first_line(e, 120)} — pass --model-config with a local diffusers folder of "
                              "this model family (or have its configs in the Hugging Face cache)") from None
     c = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
          "scheduler_config": _ddim_config(dict(pipe.scheduler.config))}
@@ -668,7 +669,7 @@ def _check_checkpoint_keys(source: str, path: Path) -> bool:
             keys = list(f.keys())
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for bad files
         raise ModelLoadError(f"cannot load model {source!r}: not a readable .safetensors file "
-                             f"({_short(_first_line(e), 80)}) — pass a Stable Diffusion checkpoint") from None
+                             f"({first_line(e, 80)}) — pass a Stable Diffusion checkpoint") from None
     for prefixes, sdxl in ((_SD_PREFIXES, False), (_SDXL_PREFIXES, True)):
         if all(any(k.startswith(p) for k in keys) for p in prefixes):
             return sdxl
@@ -676,7 +677,7 @@ def _check_checkpoint_keys(source: str, path: Path) -> bool:
     if any(k.startswith(("model.diffusion_model.joint_blocks.", "double_blocks.", "transformer_blocks.")) for k in keys):
         found = "a transformer (SD3/Flux-like) checkpoint"
     else:
-        found = f"not a Stable Diffusion checkpoint ({len(keys)} tensors, e.g. {_short(keys[0], 40)!r}" \
+        found = f"not a Stable Diffusion checkpoint ({len(keys)} tensors, e.g. {short(keys[0], 40)!r}" \
                 if keys else "not a Stable Diffusion checkpoint (no tensors"
         found += f"; none named {missing[0]}*)"
     raise ModelLoadError(f"cannot load model {source!r}: it is {found} — {SUPPORTED_TEXT}")

@@ -22,6 +22,7 @@ import errno
 import os
 import secrets
 import time
+from nulltext.errors import NulltextError
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +32,7 @@ STALE_AFTER = 24 * 3600.0  # seconds: a temp file this old is stale whatever its
 Writer = Callable[[Path], object]  # write(tmp_path): writes the whole content to tmp_path
 
 
-class OutputError(OSError):
+class OutputError(NulltextError, OSError):
     """An output that cannot be written; one line naming the file, the reason and the fix."""
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from nulltext.errors import first_line
 from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -87,7 +88,7 @@ def _clip(path: str | None, device: str):
             return (CLIPModel.from_pretrained(path, local_files_only=True),
                     CLIPProcessor.from_pretrained(path, local_files_only=True))
         except OSError as e:
-            raise LookupError(f"no CLIP model at {path!r} on this machine ({str(e).splitlines()[0]})") from None
+            raise LookupError(f"no CLIP model at {path!r} on this machine ({first_line(e)})") from None
 
     return CLIPScore(model_name_or_path=load).to(device).eval()
 
@@ -100,7 +101,7 @@ def _dino(path: str | None, device: str):
     try:
         return ViTModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False).to(device).eval()
     except OSError as e:
-        raise LookupError(f"no DINO ViT at {path!r} on this machine ({str(e).splitlines()[0]})") from None
+        raise LookupError(f"no DINO ViT at {path!r} on this machine ({first_line(e)})") from None
 
 
 def load_perceptual(config: PerceptualConfig) -> Perceptual:

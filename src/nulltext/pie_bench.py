@@ -8,7 +8,7 @@
                          part of the caption and are removed before use, as PIE-Bench's scripts do
     editing_instruction  the edit in words (not used by Prompt-to-Prompt)
     editing_type_id      "0" … "9" (see EDITING_TYPES)
-    blended_word         "source_word target_word" for local blend, or "" for none
+    blended_word         "source_word target_word" for local blend, or "" (or null) for none
     mask                 the region to edit, run-length encoded over the 512×512 raster (below)
 
 The mask, as PIE-Bench's `evaluation/evaluate.py` `mask_decode` reads it: a flat list
@@ -39,6 +39,7 @@ from torchmetrics.functional import mean_squared_error
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from nulltext.images import load_image
+from nulltext.errors import NulltextError
 
 RASTER = (512, 512)
 EDITING_TYPES = {
@@ -47,7 +48,7 @@ EDITING_TYPES = {
 }
 
 
-class PieBenchError(ValueError):
+class PieBenchError(NulltextError, ValueError):
     """A mapping file or entry that does not follow the format; says which and what."""
 
 
@@ -95,35 +96,91 @@ class PieEntry:
     edit_type: str  # EDITING_TYPES name
     blend_words: list[str]
     mask: np.ndarray  # (512, 512) bool, True = edit, border set
+    type_id: str = ""  # editing_type_id as written ("0" … "9")
 
 
 def read_mapping(path: str | Path, types: list[str] | None = None, limit: int | None = None) -> list[PieEntry]:
     """Entries of a mapping_file.json, in file order; `types` keeps only those editing_type_ids."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise PieBenchError(f"cannot read the PIE-Bench mapping file {path}: {e}") from None
     entries = []
-    for key, item in raw.items():
-        try:
-            type_id = str(item["editing_type_id"])
-            if types is not None and type_id not in types:
-                continue
-            src, tgt = bracketed(item["original_prompt"]), bracketed(item["editing_prompt"])
-            n = max(len(src), len(tgt))
-            entries.append(PieEntry(
-                key=key, image_path=item["image_path"], source_prompt=plain(item["original_prompt"]),
-                target_prompt=plain(item["editing_prompt"]),
-                changed=[(src[i] if i < len(src) else "", tgt[i] if i < len(tgt) else "") for i in range(n)],
-                instruction=item.get("editing_instruction", ""), edit_type=EDITING_TYPES.get(type_id, type_id),
-                blend_words=item.get("blended_word", "").split(), mask=decode_mask(item["mask"]),
-            ))
-        except (KeyError, TypeError) as e:
-            raise PieBenchError(f"{path}: entry {key!r} lacks or mistypes {e}") from None
+    for key, item in load_mapping(path).items():
+        entry = parse_entry(path, key, item)
+        if types is not None and entry.type_id not in types:
+            continue
+        entries.append(entry)
         if limit is not None and len(entries) >= limit:
             break
     return entries
+
+
+def load_mapping(path: str | Path) -> dict:
+    """The raw id → entry object of a mapping_file.json; PieBenchError naming the file if it is not one."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
+    except OSError as e:
+        raise PieBenchError(f"cannot read the PIE-Bench mapping file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise PieBenchError(f"the PIE-Bench mapping file {path} is not UTF-8 text — save it as UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise PieBenchError(f"the PIE-Bench mapping file {path} is not JSON ({e.msg} at line {e.lineno} column "
+                            f"{e.colno}) — pass PIE-Bench's mapping_file.json") from None
+    except RecursionError:
+        raise PieBenchError(f"the PIE-Bench mapping file {path} is nested too deeply to be a mapping file — pass "
+                            "PIE-Bench's mapping_file.json") from None
+    except ValueError:  # a number past Python's 4300-digit limit for int(str)
+        raise PieBenchError(f"the PIE-Bench mapping file {path} holds a number of thousands of digits — pass "
+                            "PIE-Bench's mapping_file.json") from None
+    if not isinstance(raw, dict):
+        raise PieBenchError(f"the PIE-Bench mapping file {path} holds a JSON {_kind(raw)}; it must be an object "
+                            "of id → entry — pass PIE-Bench's mapping_file.json")
+    return raw
+
+
+def parse_entry(path: str | Path, key: str, item) -> PieEntry:
+    """One mapping-file entry; PieBenchError naming the file, the entry and the field that is wrong.
+
+    A null or missing `blended_word` means no blend words (as "" does), as does a missing
+    `editing_instruction` (not used here); every other field must have PIE-Bench's type.
+    """
+    where = f"{Path(path).name} entry {key!r}"
+    if not isinstance(item, dict):
+        raise PieBenchError(f"{where} is a JSON {_kind(item)}; it must be an object with image_path, "
+                            "original_prompt, editing_prompt, editing_type_id and mask")
+    for name, example in (("image_path", "'0_random_140/000000000000.jpg'"), ("original_prompt", "'a [cat] sitting'"),
+                          ("editing_prompt", "'a [dog] sitting'")):
+        if not isinstance(item.get(name), str):
+            raise PieBenchError(f"{where}: {name} must be a string like {example}, got {_kind(item.get(name))}")
+    type_id, blend = item.get("editing_type_id"), item.get("blended_word")
+    if isinstance(type_id, bool) or not isinstance(type_id, (str, int)):
+        raise PieBenchError(f"{where}: editing_type_id must be a string like '1', got {_kind(type_id)}")
+    if blend is not None and not isinstance(blend, str):
+        raise PieBenchError(f"{where}: blended_word must be a string like 'cat dog' (or \"\" or null for no blend "
+                            f"words), got {_kind(blend)}")
+    instruction = item.get("editing_instruction") or ""
+    if not isinstance(instruction, str):
+        raise PieBenchError(f"{where}: editing_instruction must be a string, got {_kind(instruction)}")
+    runs = item.get("mask")
+    if not isinstance(runs, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in runs):
+        raise PieBenchError(f"{where}: mask must be a list of [start, length] whole numbers, got {_kind(runs)}")
+    try:
+        mask = decode_mask(runs)
+    except PieBenchError as e:
+        raise PieBenchError(f"{where}: {e}") from None
+    src, tgt = bracketed(item["original_prompt"]), bracketed(item["editing_prompt"])
+    n = max(len(src), len(tgt))
+    type_id = str(type_id)
+    return PieEntry(key=key, image_path=item["image_path"], source_prompt=plain(item["original_prompt"]),
+                    target_prompt=plain(item["editing_prompt"]),
+                    changed=[(src[i] if i < len(src) else "", tgt[i] if i < len(tgt) else "") for i in range(n)],
+                    instruction=instruction, edit_type=EDITING_TYPES.get(type_id, type_id),
+                    blend_words=(blend or "").split(), mask=mask, type_id=type_id)
+
+
+def _kind(value) -> str:
+    """The JSON name of a value's type, for errors."""
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
 def load_photo(entry: PieEntry, images_dir: str | Path, size: tuple[int, int]) -> tuple[Image.Image, np.ndarray]:

@@ -7,9 +7,10 @@ allowed range, before any model work: a NaN guidance scale never reaches samplin
 from __future__ import annotations
 
 import math
+from nulltext.errors import NulltextError
 
 
-class SettingsError(ValueError):
+class SettingsError(NulltextError, ValueError):
     """A setting outside its range; one line naming it, its value and the range."""
 
 

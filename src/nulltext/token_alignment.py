@@ -13,6 +13,7 @@ import string
 from typing import TYPE_CHECKING
 
 import torch
+from nulltext.errors import NulltextError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -21,7 +22,7 @@ Span = tuple[str, list[int]]
 Pair = tuple[int | None, int | None]
 
 
-class PromptMismatchError(ValueError):
+class PromptMismatchError(NulltextError, ValueError):
     """A prompt, or a pair of prompts, that cannot be aligned as asked."""
 
 
