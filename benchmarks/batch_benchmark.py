@@ -22,9 +22,9 @@ def _measure(args: dict) -> dict:
     """One K, in its own process: the throughput and the peak memory of inverting N photos in batches of K."""
     import torch
 
-    from nulltext.batch_inversion import invert_batch
+    from nulltext.inversion.batched import invert_batch
     from nulltext.bundled import data
-    from nulltext.images import to_tensor
+    from nulltext.io.images import to_tensor
     from nulltext.inversion import InversionConfig
     from nulltext.model import load_model
 

@@ -17,9 +17,9 @@ import time
 
 from nulltext.bundled import data
 from nulltext.editing import reconstruct
-from nulltext.images import to_pil, to_tensor
+from nulltext.io.images import to_pil, to_tensor
 from nulltext.inversion import InversionConfig, invert
-from nulltext.metrics import psnr
+from nulltext.evaluation.metrics import psnr
 from nulltext.model import load_model
 
 DTYPES = ("float32", "bfloat16", "float16")

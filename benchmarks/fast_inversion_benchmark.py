@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from nulltext import edit_bench
+from nulltext.evaluation import edit_bench
 from nulltext.bundled import data
 from nulltext.editing import reconstruct
-from nulltext.images import to_pil, to_tensor
+from nulltext.io.images import to_pil, to_tensor
 from nulltext.inversion import InversionConfig, invert
-from nulltext.inversion_file import atomic_write
-from nulltext.metrics import psnr
+from nulltext.inversion.file import atomic_write
+from nulltext.evaluation.metrics import psnr
 from nulltext.model import load_model
 
 CANDIDATES = {  # label → settings

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from nulltext.bundled import data
-from nulltext.ddim import ddim_step, guided, make_schedule
+from nulltext.core.ddim import ddim_step, guided, make_schedule
 from nulltext.editing import reconstruct
-from nulltext.images import to_pil, to_tensor
+from nulltext.io.images import to_pil, to_tensor
 from nulltext.inversion import InversionConfig, ddim_invert, invert
-from nulltext.metrics import psnr
+from nulltext.evaluation.metrics import psnr
 from nulltext.model import load_model
 
 

@@ -140,7 +140,7 @@ def bundled():
 def bundled_null_text(bundled):
     """Null-text inversions (paper defaults) of bundled test photos, each computed once per session."""
     from nulltext.bundled import data
-    from nulltext.images import to_tensor
+    from nulltext.io.images import to_tensor
     from nulltext.inversion import InversionConfig, invert
 
     cache = {}

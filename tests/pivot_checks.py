@@ -8,10 +8,10 @@ from typing import NamedTuple
 import torch
 
 from nulltext.editing import reconstruct
-from nulltext.images import to_pil, to_tensor
+from nulltext.io.images import to_pil, to_tensor
 from nulltext.inversion import Inversion, InversionConfig, invert
-from nulltext.metrics import psnr
-from nulltext.sampling import guided_ddim
+from nulltext.evaluation.metrics import psnr
+from nulltext.core.sampling import guided_ddim
 
 
 class PivotCheck(NamedTuple):

@@ -25,10 +25,10 @@ from PIL import Image, ImageFilter
 from nulltext.app import Session, WebApp, launch
 from nulltext.bundled import data
 from nulltext.bundled.evaluate import judge
-from nulltext.bundled.study_photos import colour_swap
-from nulltext.images import read_png_metadata
-from nulltext.inversion_file import load_inversion, save_inversion
-from nulltext.metrics import psnr
+from nulltext.evaluation.study_photos import colour_swap
+from nulltext.io.images import read_png_metadata
+from nulltext.inversion.file import load_inversion, save_inversion
+from nulltext.evaluation.metrics import psnr
 
 FAST = dict(method="null-text", steps=10, guidance=7.5, inner_steps=5)
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -134,7 +134,7 @@ def test_bad_inputs_are_one_line_errors_and_the_app_keeps_serving(app, tiny, tmp
     bomb = bomb_png(tmp_path / "bomb.png")
     not_image = tmp_path / "notes.png"
     not_image.write_text("not an image")
-    from nulltext.images import to_tensor
+    from nulltext.io.images import to_tensor
     from nulltext.inversion import InversionConfig, invert
 
     image, caption = data.sample("test", 1, 32)

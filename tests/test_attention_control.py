@@ -13,12 +13,12 @@ import torch.nn.functional as F
 
 from nulltext.bundled import data
 from nulltext.editing import edit
-from nulltext.images import to_tensor
+from nulltext.io.images import to_tensor
 from nulltext.inversion import InversionConfig, invert
 from nulltext.model import Model
-from nulltext.prompt_to_prompt import (EditConfig, LocalBlend, PromptToPrompt, edit_cross_attention, latent_mask,
+from nulltext.editing.prompt_to_prompt import (EditConfig, LocalBlend, PromptToPrompt, edit_cross_attention, latent_mask,
                                        plan_edit)
-from nulltext.token_alignment import word_token_indices
+from nulltext.editing.token_alignment import word_token_indices
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ class Spy(PromptToPrompt):
 def test_self_attention_filter_on_four_resolutions(four_level, four_inversion, monkeypatch, min_pixels, injected):
     """Self-attention is injected on layers with ≤ max(self_min_pixels, 1/16 of the latent's pixels) only."""
     seen = {}
-    monkeypatch.setattr("nulltext.editing.PromptToPrompt", lambda plan, blend: Spy(plan, blend, seen))
+    monkeypatch.setattr("nulltext.editing.from_inversion.PromptToPrompt", lambda plan, blend: Spy(plan, blend, seen))
     inv = four_inversion
     target = _swap(inv.prompt, 1, "green" if inv.prompt.split()[1] != "green" else "red")
     edit(four_level, inv, [target], EditConfig(self_replace=0.4, self_min_pixels=min_pixels))

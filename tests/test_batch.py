@@ -18,11 +18,11 @@ from nulltext.batch import read_manifest
 from nulltext.bundled import data
 from nulltext.cli import main
 from nulltext.editing import reconstruct
-from nulltext.images import read_png_metadata, to_pil
-from nulltext.inversion_file import load_inversion
-from nulltext.metrics import psnr
-from nulltext.outputs import TEMP_SUFFIX
-from nulltext.pie_bench import encode_mask
+from nulltext.io.images import read_png_metadata, to_pil
+from nulltext.inversion.file import load_inversion
+from nulltext.evaluation.metrics import psnr
+from nulltext.io.outputs import TEMP_SUFFIX
+from nulltext.evaluation.pie_bench import encode_mask
 
 FAST = {"num_steps": 4, "inner_steps": 2}
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nulltext.batch_inversion import invert_batch
+from nulltext.inversion.batched import invert_batch
 from nulltext.bundled import data
 from nulltext.editing import reconstruct
-from nulltext.images import to_pil, to_tensor
+from nulltext.io.images import to_pil, to_tensor
 from nulltext.inversion import InversionConfig, InversionError, invert
-from nulltext.metrics import psnr
+from nulltext.evaluation.metrics import psnr
 from numerics import relative_error
 
 # 8 steps, at most 4 Adam updates, and a threshold these photos cross at different steps: photo 0

@@ -12,11 +12,11 @@ import ray
 import torch
 
 from nulltext.batch import BatchConfig, read_manifest, run_manifest
-from nulltext.batch_ray import RayOptions, ray_executor
+from nulltext.batch.ray_data import RayOptions, ray_executor
 from nulltext.bundled import data
 from nulltext.cli import main
-from nulltext.inversion_file import load_inversion
-from nulltext.outputs import TEMP_SUFFIX
+from nulltext.inversion.file import load_inversion
+from nulltext.io.outputs import TEMP_SUFFIX
 
 
 @pytest.fixture(scope="module")

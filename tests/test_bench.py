@@ -10,10 +10,10 @@ import pytest
 
 from nulltext.bundled.evaluate import judge
 from nulltext.cli import main
-from nulltext.edit_bench import (EDIT_TYPES, BenchConfig, bench_report, make_cases, markdown_table, run_edit_bench,
+from nulltext.evaluation.edit_bench import (EDIT_TYPES, BenchConfig, bench_report, make_cases, markdown_table, run_edit_bench,
                                  score_edit)
 from nulltext.inversion import InversionConfig
-from nulltext.perceptual import PerceptualConfig, load_perceptual
+from nulltext.evaluation.perceptual import PerceptualConfig, load_perceptual
 
 
 def test_cases_carry_their_ground_truth() -> None:

@@ -5,7 +5,7 @@ from PIL import Image
 
 from nulltext.bundled import data
 from nulltext.cli import main
-from nulltext.images import read_png_metadata
+from nulltext.io.images import read_png_metadata
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def test_edit_with_a_drawn_mask(tmp_path, nti, tiny_dir, photo, capsys):
 def test_option_defaults_come_from_the_settings_dataclasses():
     from nulltext.cli import build_parser
     from nulltext.inversion import InversionConfig
-    from nulltext.prompt_to_prompt import EditConfig
+    from nulltext.editing.prompt_to_prompt import EditConfig
 
     parser = build_parser()
     inv = parser.parse_args(["invert", "p.png", "--prompt", "x"])
@@ -194,7 +194,7 @@ def test_settings_are_refused_by_the_dataclasses(tmp_path, nti, photo, tiny_dir,
 
 
 def test_invert_fast_uses_the_secant_optimiser_and_says_so_in_the_file(tmp_path, photo, tiny_dir, capsys):
-    from nulltext.inversion_file import load_inversion
+    from nulltext.inversion.file import load_inversion
 
     out = tmp_path / "fast.nti"
     code, _, err = run(capsys, "invert", photo[0], "--prompt", photo[1], "-o", out, "--model", tiny_dir,

@@ -5,7 +5,7 @@ import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
 from nulltext.bundled.train import make_scheduler
-from nulltext.ddim import ddim_inverse_step, ddim_step, make_schedule
+from nulltext.core.ddim import ddim_inverse_step, ddim_step, make_schedule
 
 
 def _config(prediction_type, spacing):

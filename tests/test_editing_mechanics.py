@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from nulltext.attention import controlled
+from nulltext.editing.attention import controlled
 from nulltext.bundled import data
 from nulltext.editing import attention_maps, edit, reconstruct
-from nulltext.images import to_tensor
+from nulltext.io.images import to_tensor
 from nulltext.inversion import InversionConfig, invert
-from nulltext.prompt_to_prompt import EditConfig
-from nulltext.token_alignment import PromptMismatchError
+from nulltext.editing.prompt_to_prompt import EditConfig
+from nulltext.editing.token_alignment import PromptMismatchError
 from numerics import relative_error
 
 

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from nulltext.bundled import data
-from nulltext.conditioning import TextConditioning
-from nulltext.ddim import ddim_step, guided, make_schedule
-from nulltext.images import to_tensor
+from nulltext.core.conditioning import TextConditioning
+from nulltext.core.ddim import ddim_step, guided, make_schedule
+from nulltext.io.images import to_tensor
 from nulltext.inversion import InversionConfig, SecantState, ddim_invert, invert, secant_descent
 from nulltext.settings import SettingsError
 
@@ -101,7 +101,7 @@ def test_paper_setting_is_algorithm_1_step_for_step(tiny):
 
 
 def test_fast_settings_are_checked_and_stored(tiny, tmp_path):
-    from nulltext.inversion_file import load_inversion, save_inversion
+    from nulltext.inversion.file import load_inversion, save_inversion
 
     with pytest.raises(SettingsError, match="stall"):
         InversionConfig.fast(stall=1.5)
@@ -116,7 +116,7 @@ def test_fast_settings_are_checked_and_stored(tiny, tmp_path):
 
 def test_batch_runs_take_the_fast_preset_photo_by_photo(tiny):
     """invert_batch with --fast settings gives each photo exactly what invert gives it (no joint Adam)."""
-    from nulltext.batch_inversion import invert_batch
+    from nulltext.inversion.batched import invert_batch
 
     photos = [_photo(tiny, i) for i in (0, 2)]
     config = InversionConfig.fast(num_steps=4)

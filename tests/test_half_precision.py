@@ -4,12 +4,12 @@ where fp32 does; an overflow stops with one line."""
 import pytest
 import torch
 
-import nulltext.inversion as inversion_module
+import nulltext.inversion.null_text as inversion_module
 from nulltext.bundled import data
 from nulltext.editing import reconstruct
-from nulltext.images import to_pil, to_tensor
+from nulltext.io.images import to_pil, to_tensor
 from nulltext.inversion import InversionConfig, InversionError, invert
-from nulltext.metrics import psnr
+from nulltext.evaluation.metrics import psnr
 from nulltext.model import load_model
 
 CONFIG = InversionConfig(num_steps=5, inner_steps=4)

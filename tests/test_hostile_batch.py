@@ -26,9 +26,9 @@ from nulltext.batch import (MAX_DEPTH, MAX_TEXT, RESULTS, BatchConfig, append_re
                             read_manifest, read_results, run_manifest)
 from nulltext.bundled import data
 from nulltext.cli import main
-from nulltext.images import ImageError, load_image, load_mask
-from nulltext.outputs import TEMP_SUFFIX
-from nulltext.pie_bench import PieBenchError, encode_mask, read_mapping
+from nulltext.io.images import ImageError, load_image, load_mask
+from nulltext.io.outputs import TEMP_SUFFIX
+from nulltext.evaluation.pie_bench import PieBenchError, encode_mask, read_mapping
 
 FAST = {"num_steps": 2, "inner_steps": 1}
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,12 +26,12 @@ from safetensors.torch import save_file
 
 from nulltext.bundled import data
 from nulltext.cli import main
-from nulltext.ddim import ScheduleError, make_schedule
-from nulltext.images import ImageError, load_image, to_tensor
+from nulltext.core.ddim import ScheduleError, make_schedule
+from nulltext.io.images import ImageError, load_image, to_tensor
 from nulltext.inversion import InversionConfig, invert
-from nulltext.inversion_file import InversionFileError, check_model, load_inversion, save_inversion
+from nulltext.inversion.file import InversionFileError, check_model, load_inversion, save_inversion
 from nulltext.model import ModelLoadError, PromptError, SizeError, load_model
-from nulltext.outputs import TEMP_SUFFIX, OutputError, OutputExistsError, publish, remove_stale_temps
+from nulltext.io.outputs import TEMP_SUFFIX, OutputError, OutputExistsError, publish, remove_stale_temps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +152,7 @@ def test_inconsistent_inversion_file_is_one_line_before_sampling(case, good_nti,
     header, tensors, needle = INCONSISTENT[case]
     bad = rewrite(good_nti, tmp_path / "bad.nti", header, tensors)
     before = files(tmp_path)
-    monkeypatch.setattr("nulltext.editing.guided_ddim", lambda *a, **k: pytest.fail("sampled from a bad file"))
+    monkeypatch.setattr("nulltext.editing.from_inversion.guided_ddim", lambda *a, **k: pytest.fail("sampled from a bad file"))
     code, out, err = run(capsys, "reconstruct", bad, "--model", tiny_dir, "-o", tmp_path / "rec.png", "-q")
     assert_one_line_error(code, err, "bad.nti", needle)
     assert files(tmp_path) == before  # no PNG, no temp file, the .nti unchanged
@@ -248,7 +248,7 @@ def test_byte_level_corruption_never_reaches_torch(good_nti, tiny, tmp_path_fact
 ])
 def test_settings_at_their_edges_are_refused_before_the_work(argv, needle, photo, tiny_dir, tmp_path, capsys,
                                                              monkeypatch):
-    monkeypatch.setattr("nulltext.inversion.invert", lambda *a, **k: pytest.fail("inverted with bad settings"))
+    monkeypatch.setattr("nulltext.inversion.null_text.invert", lambda *a, **k: pytest.fail("inverted with bad settings"))
     code, out, err = run(capsys, "invert", photo[0], "--prompt", photo[1], "--model", tiny_dir,
                          "-o", tmp_path / "x.nti", "-q", *argv)
     assert_one_line_error(code, err, needle)
@@ -290,7 +290,7 @@ def test_scheduler_configs_diffusers_cannot_use_are_one_line_errors(tiny):
 
 
 def test_settings_checks_hold_in_the_library_and_in_the_file_loader(good_nti, tmp_path):
-    from nulltext.prompt_to_prompt import EditConfig
+    from nulltext.editing.prompt_to_prompt import EditConfig
 
     for bad in (dict(guidance_scale=math.nan), dict(learning_rate=-1.0), dict(num_steps=0), dict(inner_steps=1.5),
                 dict(method="nope"), dict(pivot_guidance_scale=math.inf)):
@@ -452,7 +452,7 @@ def test_a_file_appearing_during_the_run_is_kept_and_the_result_written_beside_i
         target.write_bytes(b"the other run's result")
         real(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr("nulltext.inversion_file.save_file", other_run_finishes_first)
+    monkeypatch.setattr("nulltext.inversion.file.save_file", other_run_finishes_first)
     code, out, err = run(capsys, "invert", photo[0], "--prompt", photo[1], "--model", tiny_dir, "-o", target,
                          "--steps", 2, "--inner-steps", 1, "-q")
     assert_one_line_error(code, err, "appeared while nulltext was working", "x.2.nti")
@@ -519,7 +519,7 @@ def test_stale_temp_files_of_dead_runs_are_removed_by_the_next_write(tmp_path):
 
 def test_sigkill_during_a_write_leaves_a_temp_file_the_next_run_removes(tmp_path):
     script = (f"import sys, time; sys.path.insert(0, {str(Path(__file__).parents[1] / 'src')!r})\n"
-              "from nulltext.outputs import publish\n"
+              "from nulltext.io.outputs import publish\n"
               "def write(tmp):\n"
               "    tmp.write_text('half'); print('writing', flush=True); time.sleep(60)\n"
               f"publish({str(tmp_path / 'out.nti')!r}, write)\n")
@@ -539,7 +539,7 @@ def _full_disk(tensors, filename, metadata=None):
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_temp_file(photo, tiny_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("nulltext.inversion_file.save_file", _full_disk)
+    monkeypatch.setattr("nulltext.inversion.file.save_file", _full_disk)
     argv = ["invert", photo[0], "--prompt", photo[1], "--model", tiny_dir, "--steps", 2, "--inner-steps", 1, "-q"]
     code, out, err = run(capsys, *argv, "-o", tmp_path / "x.nti")
     assert_one_line_error(code, err, "cannot write", "x.nti", "the disk is full", "free some space")
@@ -551,7 +551,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temp_file(photo, tiny_dir, tmp_pa
 
 
 def test_library_write_errors_are_typed(tmp_path, inversion, monkeypatch):
-    monkeypatch.setattr("nulltext.inversion_file.save_file", _full_disk)
+    monkeypatch.setattr("nulltext.inversion.file.save_file", _full_disk)
     with pytest.raises(OutputError, match="the disk is full") as e:
         save_inversion(inversion, tmp_path / "x.nti")
     assert e.value.errno == errno.ENOSPC and isinstance(e.value, OSError) and files(tmp_path) == {}
@@ -577,7 +577,7 @@ def test_unwritable_outputs_are_found_before_the_work(where, needle, photo, tiny
                 raise OSError(errno.EROFS, "Read-only file system")
             return real_open(path, flags, mode, **kw)
 
-        monkeypatch.setattr("nulltext.outputs.os.open", read_only)
+        monkeypatch.setattr("nulltext.io.outputs.os.open", read_only)
     monkeypatch.setattr("nulltext.model.load_model", lambda *a, **k: pytest.fail("loaded the model first"))
     before = files(tmp_path)
     code, _, err = run(capsys, "invert", photo[0], "--prompt", photo[1], "--model", tiny_dir, "-o", out, "-q")
@@ -594,7 +594,7 @@ def test_ctrl_c_clears_the_progress_bar_and_leaves_nothing(photo, tiny_dir, tmp_
         callback(StepReport(1, config.num_steps, 999, 3, 0.5))  # the bar is on screen …
         raise KeyboardInterrupt  # … when Ctrl-C comes
 
-    monkeypatch.setattr("nulltext.inversion.invert", interrupted)
+    monkeypatch.setattr("nulltext.inversion.null_text.invert", interrupted)
     code, out, err = run(capsys, "invert", photo[0], "--prompt", photo[1], "--model", tiny_dir, "-o", tmp_path / "x.nti")
     assert code == 130 and "loss=" in err
     assert err.split("\r")[-1].startswith("nulltext: interrupted")  # on a cleared line, not after the bar
@@ -626,7 +626,7 @@ def test_unexpected_errors_are_one_line_with_a_pointer_to_debug(good_nti, capsys
     def broken(*args, **kwargs):
         raise KeyError("an internal surprise\nwith a second line")
 
-    monkeypatch.setattr("nulltext.inversion_file.load_inversion", broken)
+    monkeypatch.setattr("nulltext.inversion.file.load_inversion", broken)
     code, out, err = run(capsys, "info", good_nti)
     assert_one_line_error(code, err, "KeyError", "an internal surprise", "(run with --debug for the traceback)")
     with pytest.raises(KeyError):

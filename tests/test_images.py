@@ -1,4 +1,4 @@
-"""Tests for nulltext.images: decoding every mode, orientation, cropping, errors, PNG output, grids."""
+"""Tests for nulltext.io.images: decoding every mode, orientation, cropping, errors, PNG output, grids."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageFont
 
-from nulltext.images import (
+from nulltext.io.images import (
     GRID_PADDING,
     ImageError,
     LoadedImage,

@@ -7,12 +7,12 @@ import torch
 from diffusers import DDIMInverseScheduler
 
 from nulltext.bundled import data
-from nulltext.ddim import make_schedule
+from nulltext.core.ddim import make_schedule
 from nulltext.editing import reconstruct
-from nulltext.sampling import guided_ddim as sample
-from nulltext.images import to_pil, to_tensor
+from nulltext.core.sampling import guided_ddim as sample
+from nulltext.io.images import to_pil, to_tensor
 from nulltext.inversion import InversionConfig, InversionError, ddim_invert, invert
-from nulltext.metrics import psnr
+from nulltext.evaluation.metrics import psnr
 
 
 def _photo(model, index=0):
@@ -126,7 +126,7 @@ def test_non_finite_loss_stops_with_clear_error(tiny, monkeypatch):
 @pytest.mark.parametrize("method", ["negative-prompt", "direct"])
 def test_other_methods_reconstruct_through_the_same_path(tiny, method, tmp_path):
     """Negative-prompt inversion samples like w = 1; direct inversion lands on the pivot exactly."""
-    from nulltext.inversion_file import load_inversion, save_inversion
+    from nulltext.inversion.file import load_inversion, save_inversion
 
     image, caption, _ = _photo(tiny)
     inv = invert(tiny, image, caption, InversionConfig(method=method, num_steps=8))
@@ -160,7 +160,7 @@ def test_bf16_model_optimises_fp32_embeddings(tiny_dir):
 
 def test_stored_null_embeddings_replay_the_optimiser_losses(tiny):
     """Replaying guided DDIM with the stored ∅_t gives back, step by step, the losses the optimiser saw."""
-    from nulltext.ddim import ddim_step, guided
+    from nulltext.core.ddim import ddim_step, guided
 
     image, caption, _ = _photo(tiny)
     inv = invert(tiny, image, caption, InversionConfig(num_steps=6, inner_steps=5))

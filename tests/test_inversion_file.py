@@ -8,9 +8,9 @@ from safetensors.torch import save_file
 
 from nulltext.bundled import data
 from nulltext.editing import reconstruct
-from nulltext.images import to_tensor
+from nulltext.io.images import to_tensor
 from nulltext.inversion import InversionConfig, invert
-from nulltext.inversion_file import InversionFileError, load_inversion, save_inversion
+from nulltext.inversion.file import InversionFileError, load_inversion, save_inversion
 from nulltext.model import load_model
 
 
@@ -82,7 +82,7 @@ def test_interrupted_write_keeps_the_old_file(inversion, tmp_path, monkeypatch):
             f.write(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("nulltext.inversion_file.save_file", failing)
+    monkeypatch.setattr("nulltext.inversion.file.save_file", failing)
     with pytest.raises(KeyboardInterrupt):
         save_inversion(inversion, path)
     assert path.read_bytes() == before

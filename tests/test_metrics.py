@@ -1,4 +1,4 @@
-"""Tests for nulltext.metrics: PSNR (whole image and masked), SSIM and latent MSE, with known values."""
+"""Tests for nulltext.evaluation.metrics: PSNR (whole image and masked), SSIM and latent MSE, with known values."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nulltext.metrics import SSIM_K1, SSIM_K2, latent_mse, mse, psnr, ssim
+from nulltext.evaluation.metrics import SSIM_K1, SSIM_K2, latent_mse, mse, psnr, ssim
 
 
 # torchmetrics converts to dB with a float32 ln 10: PSNR agrees with the exact formula to ~4e-8 relative.

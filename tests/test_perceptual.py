@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from nulltext.bundled import data
-from nulltext.perceptual import PerceptualConfig, clip_score, load_perceptual, lpips, structure_distance
+from nulltext.evaluation.perceptual import PerceptualConfig, clip_score, load_perceptual, lpips, structure_distance
 
 
 def test_missing_weights_are_skipped_with_a_reason(tmp_path) -> None:

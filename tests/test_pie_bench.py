@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nulltext import metrics
+from nulltext.evaluation import metrics
 from nulltext.bundled import data
 from nulltext.cli import main
-from nulltext.edit_bench import BenchConfig, make_case, run_edit_bench
+from nulltext.evaluation.edit_bench import BenchConfig, make_case, run_edit_bench
 from nulltext.inversion import InversionConfig
-from nulltext.pie_bench import (PieBenchError, background_metrics, bracketed, decode_mask, encode_mask, pie_cases,
+from nulltext.evaluation.pie_bench import (PieBenchError, background_metrics, bracketed, decode_mask, encode_mask, pie_cases,
                                 plain, read_mapping, write_mapping)
 
 

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 from nulltext.bundled import data
 from nulltext.editing import edit, reconstruct
-from nulltext.images import to_pil
-from nulltext.metrics import psnr
-from nulltext.prompt_to_prompt import EditConfig
+from nulltext.io.images import to_pil
+from nulltext.evaluation.metrics import psnr
+from nulltext.editing.prompt_to_prompt import EditConfig
 from numerics import relative_error
 
 def dilate(mask: np.ndarray, r: int) -> np.ndarray:
@@ -144,7 +144,7 @@ def test_attention_injection_is_what_keeps_the_background(bundled, cases, target
 def test_empty_null_on_the_target_rows_keeps_edits_and_background(bundled, bundled_null_text):
     """∅_t fitted to the source row act on a target row as a negative prompt of the source (README:
     "Which defaults differ from the authors'"): with ψ("") there, colour swaps land and the rest stays."""
-    from nulltext.bundled.study_photos import colour_swap_judge, study_photos
+    from nulltext.evaluation.study_photos import colour_swap_judge, study_photos
 
     indices = [0, 1, 2, 5]  # inverted for other tests too
     ok, background = {"empty": [], "inverted": []}, {"empty": [], "inverted": []}

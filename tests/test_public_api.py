@@ -36,7 +36,7 @@ def test_importing_nulltext_loads_no_heavy_library():
 def test_every_error_a_user_can_cause_derives_from_nulltext_error():
     errors = []
     for module in pkgutil.walk_packages(nulltext.__path__, "nulltext."):
-        if module.name.startswith(("nulltext.app", "nulltext.batch_ray")):  # optional extras (gradio, ray)
+        if module.name.startswith(("nulltext.app", "nulltext.batch.ray_data")):  # optional extras (gradio, ray)
             continue
         mod = importlib.import_module(module.name)
         errors += [cls for _, cls in inspect.getmembers(mod, inspect.isclass)

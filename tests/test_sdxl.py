@@ -10,11 +10,11 @@ from diffusers import DDIMScheduler, StableDiffusionXLPipeline
 
 from nulltext.bundled import data
 from nulltext.editing import attention_maps, edit, reconstruct
-from nulltext.images import to_tensor
+from nulltext.io.images import to_tensor
 from nulltext.inversion import InversionConfig, invert
-from nulltext.inversion_file import InversionFileError, check_model, load_inversion, save_inversion
-from nulltext.prompt_to_prompt import EditConfig
-from nulltext.sampling import guided_ddim
+from nulltext.inversion.file import InversionFileError, check_model, load_inversion, save_inversion
+from nulltext.editing.prompt_to_prompt import EditConfig
+from nulltext.core.sampling import guided_ddim
 from pivot_checks import null_text_against_ddim
 from numerics import relative_error
 
@@ -171,7 +171,7 @@ def test_command_line_inverts_edits_and_describes_an_sdxl_file(tiny_xl_dir, tmp_
 
 
 def test_ablation_study_refuses_sdxl_in_one_line(tiny_xl):
-    from nulltext.study import AblationConfig, run_ablation
+    from nulltext.evaluation.study import AblationConfig, run_ablation
 
     with pytest.raises(ValueError, match="runs on SD 1.x/2.x models") as e:
         run_ablation(tiny_xl, [], AblationConfig())

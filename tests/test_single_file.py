@@ -8,9 +8,9 @@ from safetensors.torch import save_file
 from nulltext.bundled import data
 from nulltext.cli import _load_model, build_parser
 from nulltext.editing import reconstruct
-from nulltext.images import to_tensor
+from nulltext.io.images import to_tensor
 from nulltext.inversion import InversionConfig, invert
-from nulltext.inversion_file import load_inversion, save_inversion
+from nulltext.inversion.file import load_inversion, save_inversion
 from nulltext.model import ModelLoadError, bundled_model_path, load_model
 from original_layout import original_sdxl_state_dict, original_state_dict
 

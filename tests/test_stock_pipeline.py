@@ -5,7 +5,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from nulltext.bundled import data
 from nulltext.editing import reconstruct
-from nulltext.images import to_tensor
+from nulltext.io.images import to_tensor
 from nulltext.inversion import InversionConfig, invert
 
 

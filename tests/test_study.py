@@ -2,11 +2,11 @@
 
 import torch
 
-from nulltext.bundled.study_photos import JUDGED_BY, colour_swap_judge, study_photos
-from nulltext.ddim import guided, make_schedule
-from nulltext.images import to_tensor
+from nulltext.evaluation.study_photos import JUDGED_BY, colour_swap_judge, study_photos
+from nulltext.core.ddim import guided, make_schedule
+from nulltext.io.images import to_tensor
 from nulltext.inversion import InversionConfig, ddim_invert, null_text_optimise
-from nulltext.study import (AblationConfig, ablation_report, guidance_report, optimise_with_checkpoints, run_ablation,
+from nulltext.evaluation.study import (AblationConfig, ablation_report, guidance_report, optimise_with_checkpoints, run_ablation,
                             run_guidance_table)
 
 

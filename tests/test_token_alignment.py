@@ -12,7 +12,7 @@ import torch
 
 from nulltext.bundled.data import vocabulary_words
 from nulltext.bundled.tokenizer import build_tokenizer
-from nulltext.token_alignment import (
+from nulltext.editing.token_alignment import (
     PromptMismatchError,
     refine_alignment,
     replace_mapper,

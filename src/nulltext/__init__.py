@@ -14,26 +14,26 @@ __version__ = "0.1.0"
 # public name → the module that defines it
 _EXPORTS = {
     "load_model": "nulltext.model", "Model": "nulltext.model",
-    "load_image": "nulltext.images", "to_tensor": "nulltext.images", "to_pil": "nulltext.images",
-    "save_png": "nulltext.images", "load_mask": "nulltext.images",
+    "load_image": "nulltext.io.images", "to_tensor": "nulltext.io.images", "to_pil": "nulltext.io.images",
+    "save_png": "nulltext.io.images", "load_mask": "nulltext.io.images",
     "InversionConfig": "nulltext.inversion", "Inversion": "nulltext.inversion", "invert": "nulltext.inversion",
-    "invert_batch": "nulltext.batch_inversion",
-    "save_inversion": "nulltext.inversion_file", "load_inversion": "nulltext.inversion_file",
+    "invert_batch": "nulltext.inversion.batched",
+    "save_inversion": "nulltext.inversion.file", "load_inversion": "nulltext.inversion.file",
     "reconstruct": "nulltext.editing", "edit": "nulltext.editing", "attention_maps": "nulltext.editing",
-    "EditConfig": "nulltext.prompt_to_prompt",
+    "EditConfig": "nulltext.editing.prompt_to_prompt",
     "NulltextError": "nulltext.errors",
 }
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports on first use
-    from nulltext.batch_inversion import invert_batch
-    from nulltext.editing import attention_maps, edit, reconstruct
+    from nulltext.inversion.batched import invert_batch
+    from nulltext.editing.from_inversion import attention_maps, edit, reconstruct
     from nulltext.errors import NulltextError
-    from nulltext.images import load_image, load_mask, save_png, to_pil, to_tensor
-    from nulltext.inversion import Inversion, InversionConfig, invert
-    from nulltext.inversion_file import load_inversion, save_inversion
+    from nulltext.io.images import load_image, load_mask, save_png, to_pil, to_tensor
+    from nulltext.inversion.null_text import Inversion, InversionConfig, invert
+    from nulltext.inversion.file import load_inversion, save_inversion
     from nulltext.model import Model, load_model
-    from nulltext.prompt_to_prompt import EditConfig
+    from nulltext.editing.prompt_to_prompt import EditConfig
 
 
 def __getattr__(name: str):

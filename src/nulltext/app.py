@@ -33,14 +33,14 @@ from PIL import Image  # noqa: E402
 from nulltext import __version__  # noqa: E402
 from nulltext.app_uploads import GatedBlocks  # noqa: E402
 from nulltext.bundled import data  # noqa: E402
-from nulltext.editing import attention_maps, edit  # noqa: E402
-from nulltext.images import load_image, save_png, to_pil, to_tensor  # noqa: E402
-from nulltext.inversion import Inversion, InversionConfig, Method, StepReport, invert  # noqa: E402
-from nulltext.inversion_file import load_inversion, save_inversion  # noqa: E402
-from nulltext.metrics import psnr  # noqa: E402
+from nulltext.editing.from_inversion import attention_maps, edit  # noqa: E402
+from nulltext.io.images import load_image, save_png, to_pil, to_tensor  # noqa: E402
+from nulltext.inversion.null_text import Inversion, InversionConfig, Method, StepReport, invert  # noqa: E402
+from nulltext.inversion.file import load_inversion, save_inversion  # noqa: E402
+from nulltext.evaluation.metrics import psnr  # noqa: E402
 from nulltext.model import Model  # noqa: E402
-from nulltext.prompt_to_prompt import EditConfig, Mode  # noqa: E402
-from nulltext.viz import attention_tiles  # noqa: E402
+from nulltext.editing.prompt_to_prompt import EditConfig, Mode  # noqa: E402
+from nulltext.io.viz import attention_tiles  # noqa: E402
 
 MAX_UPLOAD = 20 << 20  # bytes: photos, masks and .nti files, however sent; Pillow's decompression-bomb limit guards the pixels
 DISPLAY_SIDE = 256  # small model images are shown upscaled (nearest) to at least this many pixels

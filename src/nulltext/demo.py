@@ -15,14 +15,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from nulltext.editing import edit, reconstruct
-from nulltext.images import load_image, make_grid, read_png_metadata, save_png, to_pil, to_tensor
-from nulltext.inversion import Inversion, InversionConfig, invert
-from nulltext.inversion_file import save_inversion
-from nulltext.metrics import psnr
+from nulltext.editing.from_inversion import edit, reconstruct
+from nulltext.io.images import load_image, make_grid, read_png_metadata, save_png, to_pil, to_tensor
+from nulltext.inversion.null_text import Inversion, InversionConfig, invert
+from nulltext.inversion.file import save_inversion
+from nulltext.evaluation.metrics import psnr
 from nulltext.model import Model
-from nulltext.outputs import check_outputs
-from nulltext.prompt_to_prompt import EditConfig
+from nulltext.io.outputs import check_outputs
+from nulltext.editing.prompt_to_prompt import EditConfig
 
 DEMO_PHOTO = Path(__file__).parent / "bundled" / "photo.png"
 

@@ -83,9 +83,9 @@ def score(judgements: list[Judgement], scenes: list[data.Scene]) -> Score:
 def generate(model, prompts: list[str], seed: int, guidance_scale: float = 7.5, num_steps: int = 50,
              batch_size: int = 64) -> list[Image.Image]:
     """Text-to-image with our DDIM sampler: one image per prompt, seeded."""
-    from nulltext.ddim import make_schedule, sample
-    from nulltext.sampling import guided_ddim
-    from nulltext.images import to_pil
+    from nulltext.core.ddim import make_schedule, sample
+    from nulltext.core.sampling import guided_ddim
+    from nulltext.io.images import to_pil
 
     schedule = make_schedule(model.scheduler_config, num_steps)
     w, h = model.default_size
@@ -120,8 +120,8 @@ def evaluate_model(model, n: int = 240, seed: int = 0, guidance_scale: float = 7
 
 def vae_psnr(model, n: int = 64) -> float:
     """Mean PSNR of VAE reconstructions of test images."""
-    from nulltext.images import to_pil, to_tensor
-    from nulltext.metrics import psnr
+    from nulltext.io.images import to_pil, to_tensor
+    from nulltext.evaluation.metrics import psnr
 
     values = []
     for i in range(n):
@@ -132,7 +132,7 @@ def vae_psnr(model, n: int = 64) -> float:
 
 
 def main(argv=None) -> None:
-    from nulltext.images import make_grid, save_png
+    from nulltext.io.images import make_grid, save_png
     from nulltext.model import load_model
 
     p = argparse.ArgumentParser(description="Score a model on the synthetic test prompts.")

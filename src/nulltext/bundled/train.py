@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nulltext.attention import controlled
+from nulltext.editing.attention import controlled
 from nulltext.bundled import data
 from nulltext.bundled.tokenizer import build_tokenizer, write_vocab_files
 

@@ -14,7 +14,7 @@ Algorithm 1 of the paper: z̄_T = z*_T, ∅_T initialised from ψ(""); for t = T
 ‖z*_{t−1} − z_{t−1}(z̄_t, ∅_t, C)‖² over ∅_t alone with Adam, then z̄_{t−1} = z_{t−1}(z̄_t, ∅_t, C) and
 ∅_{t−1} starts at ∅_t.
 
-What ∅_t is comes from the model (`nulltext.conditioning`): on SD 1.x/2.x the token embeddings
+What ∅_t is comes from the model (`nulltext.core.conditioning`): on SD 1.x/2.x the token embeddings
 (tokens, dim) of ψ(""); on SDXL the token embeddings of both encoders (concatenated) and the pooled
 embedding, optimised together, since both feed the unconditional branch. ∅_t and the loss are fp32
 whatever the model's dtype: the UNet runs in its dtype, the gradient reaches ∅_t through the cast.
@@ -29,10 +29,10 @@ from typing import Callable, Literal, get_args
 import torch
 import torch.nn.functional as F
 
-from nulltext.conditioning import TextConditioning
-from nulltext.ddim import Schedule, ddim_inverse_step, ddim_step, guided, make_schedule, sample
+from nulltext.core.conditioning import TextConditioning
+from nulltext.core.ddim import Schedule, ddim_inverse_step, ddim_step, guided, make_schedule, sample
 from nulltext.model import Model
-from nulltext.sampling import guided_prediction
+from nulltext.core.sampling import guided_prediction
 from nulltext.settings import SettingsError, check_finite, check_flag, check_whole
 from nulltext.errors import NulltextError
 

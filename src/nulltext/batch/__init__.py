@@ -26,7 +26,7 @@ device), and whatever fails becomes that row's one-line error in results.jsonl. 
 earlier row's content runs once; the copy gets its own line, status "duplicate" with `duplicate_of`.
 
 The work of a batch of rows (`run_tasks`) is one plain function of a loaded model and JSON-ready
-tasks: the local loop calls it, and so does each Ray Data actor (`nulltext.batch_ray`).
+tasks: the local loop calls it, and so does each Ray Data actor (`nulltext.batch.ray_data`).
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from nulltext.inversion import InversionConfig
+from nulltext.inversion.null_text import InversionConfig
 from nulltext.model import Model, utf8_problem
-from nulltext.outputs import OutputError, probe_folder, remove_stale_temps, write_error
-from nulltext.prompt_to_prompt import EditConfig
+from nulltext.io.outputs import OutputError, probe_folder, remove_stale_temps, write_error
+from nulltext.editing.prompt_to_prompt import EditConfig
 from nulltext.settings import SettingsError
 from nulltext import errors
 from nulltext.errors import NulltextError
@@ -265,7 +265,7 @@ def _row(n: int, item, base: Path) -> Row:
 
 def _pie_rows(path: Path, images_dir: Path) -> list[Row]:
     """A PIE-Bench mapping file's entries as rows; an entry that breaks the format is that row's error."""
-    from nulltext.pie_bench import PieBenchError, load_mapping, parse_entry
+    from nulltext.evaluation.pie_bench import PieBenchError, load_mapping, parse_entry
 
     try:
         raw = load_mapping(path)
@@ -320,7 +320,7 @@ def _digest(*parts) -> str:
 
 
 def _file_digest(path: str) -> str:
-    from nulltext.images import open_regular
+    from nulltext.io.images import open_regular
 
     h = hashlib.sha256()
     with open_regular(path) as f:  # a FIFO, device or folder is refused before it is opened
@@ -331,7 +331,7 @@ def _file_digest(path: str) -> str:
 
 def plan_row(model: Model, row: Row, base: InversionConfig) -> Task:
     """Check a row (settings, prompts, readable image and masks, edit options) and name its outputs by content."""
-    from nulltext.images import load_image, load_mask
+    from nulltext.io.images import load_image, load_mask
 
     if row.error:
         raise ManifestError(row.error)
@@ -519,9 +519,9 @@ def run_tasks(model: Model, tasks: list[dict], out: str | Path, redo: bool = Fal
     import numpy as np
     import torch
 
-    from nulltext.batch_inversion import invert_batch
-    from nulltext.images import load_image, to_tensor
-    from nulltext.inversion_file import load_inversion, save_inversion
+    from nulltext.inversion.batched import invert_batch
+    from nulltext.io.images import load_image, to_tensor
+    from nulltext.inversion.file import load_inversion, save_inversion
 
     out = Path(out)
     tasks = [t if isinstance(t, Task) else Task(**t) for t in tasks]
@@ -584,9 +584,9 @@ def _finish(model: Model, task: Task, inversion, out: Path, redo: bool, reused: 
     from PIL import Image
 
     from nulltext import __version__
-    from nulltext.editing import edit, reconstruct
-    from nulltext.images import load_mask, save_png, to_pil
-    from nulltext.metrics import psnr
+    from nulltext.editing.from_inversion import edit, reconstruct
+    from nulltext.io.images import load_mask, save_png, to_pil
+    from nulltext.evaluation.metrics import psnr
 
     start = time.perf_counter()
     rec = to_pil(reconstruct(model, inversion))[0]

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
-from nulltext.attention import controlled, to_latent_grid
-from nulltext.conditioning import TextConditioning
-from nulltext.ddim import sample
-from nulltext.inversion import Inversion
-from nulltext.inversion_file import check_model
+from nulltext.editing.attention import controlled, to_latent_grid
+from nulltext.core.conditioning import TextConditioning
+from nulltext.core.ddim import sample
+from nulltext.inversion.null_text import Inversion
+from nulltext.inversion.file import check_model
 from nulltext.model import Model
-from nulltext.prompt_to_prompt import EditConfig, LocalBlend, PromptToPrompt, latent_mask, plan_edit
-from nulltext.sampling import StepCallback, guided_ddim, guided_prediction
+from nulltext.editing.prompt_to_prompt import EditConfig, LocalBlend, PromptToPrompt, latent_mask, plan_edit
+from nulltext.core.sampling import StepCallback, guided_ddim, guided_prediction
 
 @torch.no_grad()
 def reconstruct(model: Model, inversion: Inversion, callback: StepCallback | None = None) -> torch.Tensor:

@@ -127,14 +127,14 @@ def _step_bar(args, desc: str):
 
 def _refuse_existing(paths: list[Path], args) -> None:
     """Before the work: earlier results are never overwritten without --force, and every output can be written."""
-    from nulltext.outputs import check_outputs
+    from nulltext.io.outputs import check_outputs
 
     check_outputs(paths, force=args.force)
 
 
 def _open(args):
     """The model and the inversion file it must have made."""
-    from nulltext.inversion_file import load_inversion
+    from nulltext.inversion.file import load_inversion
 
     model = _load_model(args)
     inversion = load_inversion(args.inversion, model)
@@ -146,8 +146,8 @@ def _open(args):
 
 
 def _edit_config(args, inversion):
-    from nulltext.images import load_mask
-    from nulltext.prompt_to_prompt import EditConfig
+    from nulltext.io.images import load_mask
+    from nulltext.editing.prompt_to_prompt import EditConfig
 
     mask = None if args.mask is None else load_mask(args.mask, inversion.image_size)
     return _settings(
@@ -171,10 +171,10 @@ def _metadata(model, inversion, **fields) -> dict[str, str]:
 
 
 def cmd_invert(args) -> None:
-    from nulltext.images import load_image, to_tensor
-    from nulltext.inversion import InversionConfig, invert
-    from nulltext.ddim import make_schedule
-    from nulltext.inversion_file import save_inversion
+    from nulltext.io.images import load_image, to_tensor
+    from nulltext.inversion.null_text import InversionConfig, invert
+    from nulltext.core.ddim import make_schedule
+    from nulltext.inversion.file import save_inversion
 
     out = Path(args.output or Path(args.photo).with_suffix(".nti").name)
     _refuse_existing([out], args)
@@ -207,8 +207,8 @@ def cmd_invert(args) -> None:
 
 
 def _psnr_report(model, inversion, image) -> str:
-    from nulltext.images import to_pil, to_tensor
-    from nulltext.metrics import psnr, ssim
+    from nulltext.io.images import to_pil, to_tensor
+    from nulltext.evaluation.metrics import psnr, ssim
 
     if inversion.photo is None:
         return ""
@@ -222,8 +222,8 @@ def _psnr_report(model, inversion, image) -> str:
 
 
 def cmd_reconstruct(args) -> None:
-    from nulltext.editing import reconstruct
-    from nulltext.images import save_png, to_pil
+    from nulltext.editing.from_inversion import reconstruct
+    from nulltext.io.images import save_png, to_pil
 
     out = Path(args.output or Path(args.inversion).with_suffix(".png").name)
     _refuse_existing([out], args)
@@ -238,8 +238,8 @@ def cmd_reconstruct(args) -> None:
 
 
 def cmd_edit(args) -> None:
-    from nulltext.editing import edit
-    from nulltext.images import make_grid, save_png, to_pil
+    from nulltext.editing.from_inversion import edit
+    from nulltext.io.images import make_grid, save_png, to_pil
 
     out = Path(args.output)
     names = [out / f"edit_{j + 1:02d}.png" for j in range(max(1, len(args.targets)))] + [out / "grid.png"]
@@ -263,9 +263,9 @@ def cmd_edit(args) -> None:
 
 
 def cmd_attention(args) -> None:
-    from nulltext.editing import attention_maps
-    from nulltext.images import make_grid, save_png
-    from nulltext.viz import attention_tiles
+    from nulltext.editing.from_inversion import attention_maps
+    from nulltext.io.images import make_grid, save_png
+    from nulltext.io.viz import attention_tiles
 
     out = Path(args.output or Path(args.inversion).with_suffix(".attention.png").name)
     _refuse_existing([out], args)
@@ -278,7 +278,7 @@ def cmd_attention(args) -> None:
 
 
 def cmd_info(args) -> None:
-    from nulltext.inversion_file import load_inversion
+    from nulltext.inversion.file import load_inversion
 
     inv = load_inversion(args.inversion)
     T = inv.config.num_steps
@@ -300,8 +300,8 @@ def cmd_info(args) -> None:
 
 
 def cmd_study(args) -> None:
-    from nulltext import study
-    from nulltext.bundled.study_photos import JUDGED_BY, colour_swap_judge, study_photos
+    from nulltext.evaluation import study
+    from nulltext.evaluation.study_photos import JUDGED_BY, colour_swap_judge, study_photos
 
     out = Path(args.output)
     bar = _progress(args, None, f"study {args.study}")
@@ -329,10 +329,10 @@ def cmd_study(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from nulltext import edit_bench
-    from nulltext.inversion import InversionConfig
-    from nulltext.perceptual import PerceptualConfig
-    from nulltext.prompt_to_prompt import TargetNull
+    from nulltext.evaluation import edit_bench
+    from nulltext.inversion.null_text import InversionConfig
+    from nulltext.evaluation.perceptual import PerceptualConfig
+    from nulltext.editing.prompt_to_prompt import TargetNull
 
     out = Path(args.output)
     _refuse_existing([out / n for n in edit_bench.OUTPUTS], args)
@@ -350,7 +350,7 @@ def cmd_bench(args) -> None:
         target_nulls=tuple(args.target_null),
         perceptual=PerceptualConfig(lpips=args.lpips, clip=args.clip, dino=args.dino, device=str(model.device)))
     if args.pie_bench:
-        from nulltext import pie_bench
+        from nulltext.evaluation import pie_bench
 
         entries = pie_bench.read_mapping(args.pie_bench, types=args.types, limit=args.limit)
         images = args.images or Path(args.pie_bench).parent / "annotation_images"
@@ -415,7 +415,7 @@ def cmd_batch(args) -> int:
 
     executor = None
     if args.ray is not None:
-        from nulltext.batch_ray import RayOptions, ray_executor
+        from nulltext.batch.ray_data import RayOptions, ray_executor
 
         options = _settings(RayOptions, address=None if args.ray == "local" else args.ray, workers=args.workers,
                             gpus_per_worker=args.gpus_per_worker)
@@ -445,8 +445,8 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nulltext.inversion import InversionConfig, Method
-    from nulltext.prompt_to_prompt import EditConfig, MaskCombine, Mode, TargetNull
+    from nulltext.inversion.null_text import InversionConfig, Method
+    from nulltext.editing.prompt_to_prompt import EditConfig, MaskCombine, Mode, TargetNull
 
     inv, ed = (lambda name: _default(InversionConfig, name)), (lambda name: _default(EditConfig, name))
     common = argparse.ArgumentParser(add_help=False)
@@ -664,7 +664,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nulltext: error: {one_line(e)}{hint}", file=sys.stderr)
         return EXIT_ERROR
     return code or 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,11 +16,11 @@ words and without. Scores per edit:
 - accuracy by the bundled model's judge (shape, shape colour, background; `correct` = all three);
 - PSNR and SSIM of the edit against the ground-truth twin (whole image);
 - background preservation against the source photo outside the edit mask: PSNR and MSE over those
-  pixels, SSIM averaged over windows centred there (`nulltext.metrics`);
+  pixels, SSIM averaged over windows centred there (`nulltext.evaluation.metrics`);
 - reconstruction PSNR, inversion and edit wall time;
-- LPIPS / CLIP / structure distance when their weights are available (`nulltext.perceptual`).
+- LPIPS / CLIP / structure distance when their weights are available (`nulltext.evaluation.perceptual`).
 
-PIE-Bench cases (`nulltext.pie_bench`) run through the same loop; they have no ground truth and no
+PIE-Bench cases (`nulltext.evaluation.pie_bench`) run through the same loop; they have no ground truth and no
 judge, and their background metrics follow PIE-Bench's convention (see that module).
 """
 
@@ -37,15 +37,15 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from nulltext import metrics, perceptual
+from nulltext.evaluation import metrics, perceptual
 from nulltext.bundled import data
 from nulltext.bundled.evaluate import judge
-from nulltext.editing import edit
-from nulltext.images import to_pil, to_tensor
-from nulltext.inversion import InversionConfig, invert
-from nulltext.inversion_file import atomic_write
+from nulltext.editing.from_inversion import edit
+from nulltext.io.images import to_pil, to_tensor
+from nulltext.inversion.null_text import InversionConfig, invert
+from nulltext.inversion.file import atomic_write
 from nulltext.model import Model
-from nulltext.prompt_to_prompt import EditConfig, TargetNull
+from nulltext.editing.prompt_to_prompt import EditConfig, TargetNull
 from nulltext.errors import first_line
 
 EDIT_TYPES = ("colour", "shape", "background", "colour+shape")
@@ -211,7 +211,7 @@ def score_edit(case: EditCase, reconstruction: Image.Image, edited: Image.Image,
         scores["gt_ssim"] = metrics.ssim(edited, case.target)
     keep = ~case.mask
     if convention == "pie-bench":
-        from nulltext.pie_bench import background_metrics
+        from nulltext.evaluation.pie_bench import background_metrics
 
         scores.update(background_metrics(case.source, edited, case.mask))
     elif keep.any():

@@ -29,10 +29,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from nulltext import __version__
-from nulltext.ddim import ScheduleError, make_schedule
-from nulltext.inversion import Inversion, InversionConfig
+from nulltext.core.ddim import ScheduleError, make_schedule
+from nulltext.inversion.null_text import Inversion, InversionConfig
 from nulltext.model import Model
-from nulltext.outputs import publish
+from nulltext.io.outputs import publish
 from nulltext.errors import NulltextError, first_line, short
 
 FORMAT = "nulltext-inversion"

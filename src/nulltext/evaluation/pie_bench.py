@@ -38,7 +38,7 @@ from PIL import Image
 from torchmetrics.functional import mean_squared_error
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from nulltext.images import load_image
+from nulltext.io.images import load_image
 from nulltext.errors import NulltextError
 
 RASTER = (512, 512)
@@ -196,7 +196,7 @@ def load_photo(entry: PieEntry, images_dir: str | Path, size: tuple[int, int]) -
 
 def write_mapping(path: str | Path, entries: dict[str, dict]) -> Path:
     """Write a mapping_file.json atomically (used to build PIE-Bench-format sets)."""
-    from nulltext.inversion_file import atomic_write
+    from nulltext.inversion.file import atomic_write
 
     return atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(entries, indent=1) + "\n"))
 
@@ -220,7 +220,7 @@ def background_metrics(source: Image.Image, edited: Image.Image, mask: np.ndarra
 
 def pie_cases(entries: list[PieEntry], images_dir: str | Path, size: tuple[int, int]):
     """Benchmark cases (`edit_bench.EditCase`, no ground truth) of PIE-Bench entries at the model's size."""
-    from nulltext.edit_bench import EditCase
+    from nulltext.evaluation.edit_bench import EditCase
 
     cases = []
     for e in entries:

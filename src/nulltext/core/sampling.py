@@ -2,7 +2,7 @@
 
 Guided DDIM from z_T with ∅_t as the unconditional embedding of step t (Mokady et al. 2023, sec. 3.3:
 "we use the optimised unconditional embeddings ∅_T … ∅_1 with the target prompt P*"), built on the
-one loop of `nulltext.ddim.sample`. The unconditional and conditional halves run as one UNet batch
+one loop of `nulltext.core.ddim.sample`. The unconditional and conditional halves run as one UNet batch
 (the unconditional half first), so attention controllers see (2B, heads, pixels, tokens) with the
 conditional rows in the second half.
 """
@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from nulltext.conditioning import TextConditioning
-from nulltext.ddim import Predict, Schedule, guided, sample
+from nulltext.core.conditioning import TextConditioning
+from nulltext.core.ddim import Predict, Schedule, guided, sample
 from nulltext.model import Model
 
 StepCallback = Callable[[int, int], None]  # (steps done, total)

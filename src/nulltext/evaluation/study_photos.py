@@ -14,7 +14,7 @@ from PIL import Image
 
 from nulltext.bundled import data
 from nulltext.bundled.evaluate import judge
-from nulltext.study import StudyPhoto
+from nulltext.evaluation.study import StudyPhoto
 
 JUDGED_BY = "the bundled model's evaluator"
 SWAP_COLOURS = ("green", "yellow", "white", "purple")

@@ -31,7 +31,7 @@ from typing import Any, Iterator
 
 import torch
 
-from nulltext.conditioning import TextConditioning
+from nulltext.core.conditioning import TextConditioning
 from nulltext.errors import NulltextError, first_line, short
 
 BUNDLED = "bundled"
@@ -76,7 +76,7 @@ SUPPORTED_TEXT = "nulltext supports " + " and ".join(dict.fromkeys(SUPPORTED_PIP
 
 
 def bundled_model_path() -> Path:
-    return Path(__file__).parent / "bundled" / "model"
+    return Path(__file__).parents[1] / "bundled" / "model"
 
 
 @dataclass

@@ -14,7 +14,7 @@ w_inf ∈ {1, 7.5}: reconstruction PSNR and the success rate of an edit judged b
 plus the null-text row.
 
 The photos, their edits and the judge are inputs (`StudyPhoto`, `Judge`): the study runs on any
-model; `nulltext.bundled.study_photos` makes them from the bundled model's synthetic data set.
+model; `nulltext.evaluation.study_photos` makes them from the bundled model's synthetic data set.
 """
 
 from __future__ import annotations
@@ -31,16 +31,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from nulltext.ddim import Schedule, ddim_step, guided, make_schedule
-from nulltext.editing import edit
-from nulltext.images import to_pil, to_tensor
-from nulltext.inversion import (Inversion, InversionConfig, InversionError, ddim_invert, direct_corrections, invert,
+from nulltext.core.ddim import Schedule, ddim_step, guided, make_schedule
+from nulltext.editing.from_inversion import edit
+from nulltext.io.images import to_pil, to_tensor
+from nulltext.inversion.null_text import (Inversion, InversionConfig, InversionError, ddim_invert, direct_corrections, invert,
                                 loss_scale, null_text_optimise)
-from nulltext.inversion_file import atomic_write
-from nulltext.metrics import psnr
+from nulltext.inversion.file import atomic_write
+from nulltext.evaluation.metrics import psnr
 from nulltext.model import Model
-from nulltext.prompt_to_prompt import EditConfig
-from nulltext.sampling import guided_ddim
+from nulltext.editing.prompt_to_prompt import EditConfig
+from nulltext.core.sampling import guided_ddim
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
-from nulltext.outputs import publish
+from nulltext.io.outputs import publish
 from nulltext.errors import NulltextError
 
 MIN_IMAGE_SIDE = 8
@@ -279,7 +279,7 @@ def save_png(
 ) -> Path:
     """Write ``image`` as a PNG with ``metadata`` text chunks, atomically, and return its path.
 
-    Never replaces an existing file unless ``force``; ``keep_both`` as in :func:`nulltext.outputs.publish`.
+    Never replaces an existing file unless ``force``; ``keep_both`` as in :func:`nulltext.io.outputs.publish`.
     """
     info = _png_info(metadata)
 

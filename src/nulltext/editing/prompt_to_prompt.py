@@ -12,7 +12,7 @@
 2. `LocalBlend` (sec. 3.2, "Local editing"): a mask from the cumulative cross-attention of the blend
    words (source ∪ target), dilated and thresholded, optionally combined with a user-drawn mask;
    outside it the target latent is reset to the source latent after each step from `blend_start` on.
-3. `PromptToPrompt`: the thin attention controller (see `nulltext.attention`) that applies the plan
+3. `PromptToPrompt`: the thin attention controller (see `nulltext.editing.attention`) that applies the plan
    at the current step and feeds the local blend. The source and the targets run as one UNet batch,
    (uncond: source, targets…, cond: source, targets…), so no call order is assumed.
 
@@ -33,9 +33,9 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 
-from nulltext.attention import to_latent_grid
+from nulltext.editing.attention import to_latent_grid
 from nulltext.settings import SettingsError, check_fraction, check_whole
-from nulltext.token_alignment import (
+from nulltext.editing.token_alignment import (
     PromptMismatchError,
     refine_alignment,
     replace_mapper,

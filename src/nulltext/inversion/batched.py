@@ -32,9 +32,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from nulltext.conditioning import TextConditioning
-from nulltext.ddim import ddim_step, guided, make_schedule
-from nulltext.inversion import (
+from nulltext.core.conditioning import TextConditioning
+from nulltext.core.ddim import ddim_step, guided, make_schedule
+from nulltext.inversion.null_text import (
     Callback,
     Inversion,
     InversionConfig,
