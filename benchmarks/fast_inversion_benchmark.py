@@ -33,7 +33,7 @@ from nulltext.bundled import data
 from nulltext.editing import reconstruct
 from nulltext.io.images import to_pil, to_tensor
 from nulltext.inversion import InversionConfig, invert
-from nulltext.inversion.file import atomic_write
+from nulltext.io.outputs import publish
 from nulltext.evaluation.metrics import psnr
 from nulltext.model import load_model
 
@@ -212,10 +212,10 @@ def main(argv=None) -> None:
     out = Path(a.output)
     out.mkdir(parents=True, exist_ok=True)
     text = report(summary, edits, rows, a.images, a.edit_cases, seconds)
-    atomic_write(out / "fast_inversion.md", lambda tmp: Path(tmp).write_text(text))
+    publish(out / "fast_inversion.md", lambda tmp: Path(tmp).write_text(text), force=True)
     payload = {"summary": summary, "edits": edits, "rows": rows, "seconds": seconds}
-    atomic_write(out / "fast_inversion.json", lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
-    atomic_write(out / "fast_inversion.png", lambda tmp: plot(summary, rows, Path(tmp)))
+    publish(out / "fast_inversion.json", lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)), force=True)
+    publish(out / "fast_inversion.png", lambda tmp: plot(summary, rows, Path(tmp)), force=True)
     print(text)
 
 

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import struct
-import threading
 import time
 import zlib
 from pathlib import Path
@@ -159,7 +158,7 @@ def test_serve_command_binds_locally_by_default(monkeypatch, capsys):
     from nulltext import app as app_module, cli
 
     calls = []
-    monkeypatch.setattr(cli, "_load_model", lambda args: "the model")
+    monkeypatch.setattr("nulltext.cli.commands._load_model", lambda args: "the model")
     monkeypatch.setattr(app_module, "launch", lambda model, **kw: calls.append((model, kw)))
     assert cli.main(["serve", "--quiet"]) == 0
     assert cli.main(["serve", "--host", "0.0.0.0", "--port", "8000", "--share", "on", "--quiet"]) == 0

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nulltext.batch import (MAX_DEPTH, MAX_TEXT, RESULTS, BatchConfig, append_result, prepare_output,
+from nulltext.batch import (MAX_DEPTH, MAX_TEXT, RESULTS, BatchConfig, append_result,
                             read_manifest, read_results, run_manifest)
 from nulltext.bundled import data
 from nulltext.cli import main

@@ -308,7 +308,7 @@ def test_memory_estimate_refuses_what_cannot_fit(tiny, monkeypatch):
     assert small < 2**26 and huge > 2**50  # attention over 4096² latent pixels: petabytes
     assert tiny.memory_needed((64, 64)) > small
     tiny.check_size((32, 32))
-    monkeypatch.setattr("nulltext.model.available_memory", lambda device: small - 1)
+    monkeypatch.setattr("nulltext.model.compute.available_memory", lambda device: small - 1)
     with pytest.raises(SizeError, match=rf"needs at least {small / 2**30:,.1f} GiB on cpu"):
         tiny.check_size((32, 32))
 

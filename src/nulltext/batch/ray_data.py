@@ -1,8 +1,8 @@
 """Manifest runs on Ray Data: the same tasks, outputs and results.jsonl as the local loop, over many workers.
 
-The driver plans the run (`nulltext.batch.plan_run`: keys, resume) and logs results.jsonl; Ray Data
+The driver plans the run (`nulltext.batch.plan.plan_run`: keys, resume) and logs results.jsonl; Ray Data
 carries the tasks (`from_items`) to a pool of actors (`map_batches` with a callable class) that each
-load the model once and run `nulltext.batch.run_tasks` on batches of K rows — the function the local
+load the model once and run `nulltext.batch.run.run_tasks` on batches of K rows — the function the local
 loop calls. Workers write the .nti and PNG files themselves (atomically), so OUT/ must be a folder every
 worker sees (a shared file system on a cluster); the driver appends each returned record to results.jsonl.
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from nulltext.batch import BatchConfig
+from nulltext.batch.plan import BatchConfig
 from nulltext.settings import SettingsError
 
 
@@ -54,7 +54,7 @@ class BatchWorker:
         self.out, self.redo = out, redo
 
     def __call__(self, batch: dict) -> dict:
-        from nulltext.batch import run_tasks
+        from nulltext.batch.run import run_tasks
 
         tasks = [json.loads(str(t)) for t in batch["task"]]
         records = run_tasks(self.model, tasks, self.out, self.redo)

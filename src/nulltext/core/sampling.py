@@ -9,13 +9,15 @@ conditional rows in the second half.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from nulltext.core.conditioning import TextConditioning
 from nulltext.core.ddim import Predict, Schedule, guided, sample
-from nulltext.model import Model
+
+if TYPE_CHECKING:  # core sits below model: only the type is named here, a model is passed in
+    from nulltext.model import Model
 
 StepCallback = Callable[[int, int], None]  # (steps done, total)
 

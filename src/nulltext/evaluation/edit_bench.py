@@ -38,84 +38,19 @@ import numpy as np
 from PIL import Image
 
 from nulltext.evaluation import metrics, perceptual
-from nulltext.bundled import data
 from nulltext.bundled.evaluate import judge
 from nulltext.editing.from_inversion import edit
 from nulltext.io.images import to_pil, to_tensor
 from nulltext.inversion.null_text import InversionConfig, invert
-from nulltext.inversion.file import atomic_write
+from nulltext.io.outputs import publish
 from nulltext.model import Model
 from nulltext.editing.prompt_to_prompt import EditConfig, TargetNull
 from nulltext.errors import first_line
+from nulltext.evaluation.edit_cases import EDIT_TYPES, EditCase, make_case, make_cases  # noqa: F401 - re-exported
+from nulltext.evaluation.pie_bench import background_metrics
 
-EDIT_TYPES = ("colour", "shape", "background", "colour+shape")
 METHODS = ("null-text", "negative-prompt", "direct", "ddim")
 OWN_NULLS = ("null-text", "negative-prompt")  # methods whose ∅_t differ from ψ("")
-BENCH_STREAM = 9  # the first entropy word of the benchmark's scenes (the splits use 0, 1, 2 with 3 words)
-
-
-@dataclass
-class EditCase:
-    """One edit whose intent is known: source photo and captions, edit region, changed words."""
-
-    case_id: str
-    edit_type: str
-    source: Image.Image
-    source_prompt: str
-    target_prompt: str
-    mask: np.ndarray  # (H, W) bool, True = the edit may change this pixel
-    changed: list[tuple[str, str]]  # (source word, target word) per change
-    blend_words: list[str]  # local-blend words (source and target)
-    target: Image.Image | None = None  # the ground-truth twin, if known
-    target_scene: data.Scene | None = None  # what the judge should see, if known
-
-
-def _changed_scene(s: data.Scene, edit_type: str, rng: np.random.Generator) -> tuple[data.Scene, list[tuple[str, str]]]:
-    """The target scene of one edit type and the (source, target) word pairs that changed."""
-    pick = lambda options: options[int(rng.integers(len(options)))]  # noqa: E731
-    colour = pick([c for c in data.COLOURS if c not in (s.colour, s.background)])
-    shape = pick([x for x in data.SHAPES if x != s.shape])
-    background = pick([c for c in data.COLOURS if c not in (s.background, s.colour)])
-    if edit_type == "colour":
-        return replace(s, colour=colour), [(s.colour, colour)]
-    if edit_type == "shape":
-        return replace(s, shape=shape), [(s.shape, shape)]
-    if edit_type == "background":
-        return replace(s, background=background), [(s.background, background)]
-    if edit_type == "colour+shape":
-        return replace(s, colour=colour, shape=shape), [(s.colour, colour), (s.shape, shape)]
-    raise ValueError(f"unknown edit type {edit_type!r}; choose from {', '.join(EDIT_TYPES)}")
-
-
-def _reads_as(image: Image.Image, scene: data.Scene) -> bool:
-    return all(judge(image).matches(scene).values())
-
-
-def make_case(edit_type: str, index: int, seed: int = 0, resolution: int = 64) -> EditCase:
-    """Case `index` of one edit type: the first draw of its seed stream that the judge reads correctly."""
-    type_index = EDIT_TYPES.index(edit_type) if edit_type in EDIT_TYPES else -1
-    if type_index < 0:
-        raise ValueError(f"unknown edit type {edit_type!r}; choose from {', '.join(EDIT_TYPES)}")
-    for attempt in range(100):
-        rng = np.random.default_rng(np.random.SeedSequence([BENCH_STREAM, seed, type_index, index, attempt]))
-        s = data.random_scene(rng, resolution)
-        t, changed = _changed_scene(s, edit_type, rng)
-        source, target = data.render(s, resolution), data.render(t, resolution)
-        if not (_reads_as(source, s) and _reads_as(target, t)):
-            continue
-        shape = data.shape_mask(s, resolution)
-        region = ~shape if edit_type == "background" else shape | data.shape_mask(t, resolution)
-        differs = (np.asarray(source, dtype=np.int16) != np.asarray(target, dtype=np.int16)).any(-1)
-        words = [w for pair in changed for w in pair]
-        return EditCase(f"{edit_type}-{index}", edit_type, source, s.caption(), t.caption(), region | differs,
-                        changed, words, target, t)
-    raise RuntimeError(f"no judgeable scene for {edit_type} case {index} in 100 draws")
-
-
-def make_cases(per_type: int, seed: int = 0, resolution: int = 64,
-               types: tuple[str, ...] = EDIT_TYPES) -> list[EditCase]:
-    """`per_type` held-out cases of each edit type, deterministic in `seed`."""
-    return [make_case(t, i, seed, resolution) for t in types for i in range(per_type)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +146,6 @@ def score_edit(case: EditCase, reconstruction: Image.Image, edited: Image.Image,
         scores["gt_ssim"] = metrics.ssim(edited, case.target)
     keep = ~case.mask
     if convention == "pie-bench":
-        from nulltext.evaluation.pie_bench import background_metrics
 
         scores.update(background_metrics(case.source, edited, case.mask))
     elif keep.any():
@@ -338,7 +272,7 @@ def _plot(result: BenchResult, path: Path) -> Path:
     fig.suptitle(f"Edit benchmark: {result.dataset} cases, model {result.model}, {n} per type "
                  "(hatched: no local blend)", fontsize=10)
     fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(names) - 1) // 4), 1, 1))
-    out = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    out = publish(path, lambda tmp: fig.savefig(tmp, format="png"), force=True)
     plt.close(fig)
     return out
 
@@ -353,12 +287,12 @@ def bench_report(result: BenchResult, out_dir: str | Path) -> list[Path]:
               f"Prompt-to-Prompt defaults, local blend on the changed words (yes) or none (no). "
               f"Background metrics: {result.config['convention']}. Total {result.seconds / 60:.1f} min.\n"
               + (f"\nNot computed:{skipped}\n" if skipped else ""))
-    md = atomic_write(out_dir / "edits.md", lambda tmp: tmp.write_text(header + "\n" + markdown_table(result) + "\n"))
+    md = publish(out_dir / "edits.md", lambda tmp: tmp.write_text(header + "\n" + markdown_table(result) + "\n"), force=True)
     payload = {"dataset": result.dataset, "model": result.model, "cases_per_type": result.cases_per_type,
                "seconds": result.seconds, "skipped": result.skipped, "config": result.config,
                "summary": result.summary(), "records": [asdict(r) for r in result.records]}
     text = json.dumps(_strict(payload), indent=1, default=_json_default, allow_nan=False) + "\n"
-    js = atomic_write(out_dir / "edits.json", lambda tmp: tmp.write_text(text))
+    js = publish(out_dir / "edits.json", lambda tmp: tmp.write_text(text), force=True)
     return [md, js, _plot(result, out_dir / "edits.png")]
 
 

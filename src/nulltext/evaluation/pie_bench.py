@@ -40,6 +40,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 from nulltext.io.images import load_image
 from nulltext.errors import NulltextError
+from nulltext.evaluation.edit_cases import EditCase
 
 RASTER = (512, 512)
 EDITING_TYPES = {
@@ -196,9 +197,9 @@ def load_photo(entry: PieEntry, images_dir: str | Path, size: tuple[int, int]) -
 
 def write_mapping(path: str | Path, entries: dict[str, dict]) -> Path:
     """Write a mapping_file.json atomically (used to build PIE-Bench-format sets)."""
-    from nulltext.inversion.file import atomic_write
+    from nulltext.io.outputs import publish
 
-    return atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(entries, indent=1) + "\n"))
+    return publish(Path(path), lambda tmp: tmp.write_text(json.dumps(entries, indent=1) + "\n"), force=True)
 
 
 def _unit(image: Image.Image, keep: np.ndarray | None) -> torch.Tensor:
@@ -220,8 +221,6 @@ def background_metrics(source: Image.Image, edited: Image.Image, mask: np.ndarra
 
 def pie_cases(entries: list[PieEntry], images_dir: str | Path, size: tuple[int, int]):
     """Benchmark cases (`edit_bench.EditCase`, no ground truth) of PIE-Bench entries at the model's size."""
-    from nulltext.evaluation.edit_bench import EditCase
-
     cases = []
     for e in entries:
         photo, mask = load_photo(e, images_dir, size)

@@ -34,9 +34,9 @@ from PIL import Image
 from nulltext.core.ddim import Schedule, ddim_step, guided, make_schedule
 from nulltext.editing.from_inversion import edit
 from nulltext.io.images import to_pil, to_tensor
-from nulltext.inversion.null_text import (Inversion, InversionConfig, InversionError, ddim_invert, direct_corrections, invert,
-                                loss_scale, null_text_optimise)
-from nulltext.inversion.file import atomic_write
+from nulltext.inversion.null_text import (Inversion, InversionConfig, InversionError, invert, loss_scale, null_text_optimise)
+from nulltext.inversion.pivot import ddim_invert, direct_corrections
+from nulltext.io.outputs import publish
 from nulltext.evaluation.metrics import psnr
 from nulltext.model import Model
 from nulltext.editing.prompt_to_prompt import EditConfig
@@ -258,7 +258,7 @@ def ablation_report(result: AblationResult, out_dir: Path, model_name: str, num_
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    png = atomic_write(out_dir / "ablation.png", lambda tmp: fig.savefig(tmp, format="png"))
+    png = publish(out_dir / "ablation.png", lambda tmp: fig.savefig(tmp, format="png"), force=True)
     plt.close(fig)
     lines = ["| method | " + " | ".join(f"{b} it" for b in xs) + " | s / photo |", "|---|" + "---|" * (len(xs) + 1)]
     for method in optimised:
@@ -274,7 +274,7 @@ def ablation_report(result: AblationResult, out_dir: Path, model_name: str, num_
 
 
 def _write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    return publish(path, lambda tmp: tmp.write_text(text), force=True)
 
 
 # ---------------------------------------------------------------------------------------------

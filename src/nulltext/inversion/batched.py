@@ -26,41 +26,15 @@ optimise jointly; `invert_batch` runs them one photo at a time.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from nulltext.core.conditioning import TextConditioning
-from nulltext.core.ddim import ddim_step, guided, make_schedule
-from nulltext.inversion.null_text import (
-    Callback,
-    Inversion,
-    InversionConfig,
-    InversionError,
-    StepReport,
-    _check_finite,
-    ddim_invert,
-    invert,
-    loss_scale,
-)
+from nulltext.core.ddim import make_schedule
+from nulltext.inversion.null_text import (Callback, Inversion, InversionConfig, InversionError, OnError, invert,
+                                          optimise_rows)
+from nulltext.inversion.pivot import ddim_invert
 from nulltext.model import Model
-
-OnError = Literal["raise", "keep"]
-
-
-@dataclass
-class _Photo:
-    """One photo's running state in the batch: its ∅_t, Adam, and what each step left."""
-
-    index: int
-    null: TextConditioning  # a batch of one, float32: the current ∅_t (SDXL: tokens and pooled)
-    nulls: list  # ∅_1 … ∅_T, filled from T down
-    losses: list[float]
-    iterations: list[int]
-    error: InversionError | None = None
-
 
 def invert_batch(model: Model, images: torch.Tensor | list[torch.Tensor], prompts: list[str],
                  config: InversionConfig | None = None, callback: Callback | None = None,
@@ -96,89 +70,24 @@ def invert_batch(model: Model, images: torch.Tensor | list[torch.Tensor], prompt
     z0 = torch.cat([model.encode_image(im).float() for im in images])  # (K, C, h, w)
     trajectory = ddim_invert(model, z0, cond, schedule, config.pivot_guidance_scale, uncond.expand(K))
     pivots = trajectory.view(T + 1, K, *z0.shape[1:])  # (T+1, K, C, h, w): z*_0 … z*_T of each photo
-    photos = [_Photo(i, uncond.detach().float().clone(), [None] * T, [0.0] * T, [0] * T) for i in range(K)]
-    _optimise(model, pivots, cond, photos, schedule, config, callback, on_error)
+    optimised = optimise_rows(model, pivots, cond, uncond, schedule, config, callback, on_error=on_error)
     per_photo = (time.perf_counter() - start) / K  # each photo's share of the batch's wall time
     results: list[Inversion | InversionError] = []
-    for p in photos:
-        if p.error is not None:
-            results.append(p.error)
+    for i, result in enumerate(optimised):
+        if isinstance(result, InversionError):
+            results.append(result)
             continue
-        pivot = pivots[:, p.index].contiguous()  # (T+1, C, h, w)
-        nulls = TextConditioning.cat(p.nulls).to("cpu")  # (T, …) ∅_1 … ∅_T
+        pivot = pivots[:, i].contiguous()  # (T+1, C, h, w)
+        nulls = result.nulls.to("cpu")  # (T, …) ∅_1 … ∅_T
         results.append(Inversion(
             latent_T=pivot[-1:].cpu().clone(), null_embeddings=nulls.tokens, null_pooled=nulls.pooled,
-            prompt=prompts[p.index],
+            prompt=prompts[i],
             config=config, scheduler_config=dict(model.scheduler_config),
-            image_size=(images[p.index].shape[-1], images[p.index].shape[-2]), model_source=model.source,
-            model_identity=model.identity, model_dtype=str(model.dtype).removeprefix("torch."), losses=p.losses,
-            inner_iterations=p.iterations, wall_time=per_photo, pivot=pivot.cpu() if config.keep_pivot else None,
-            **provenance[p.index]))
+            image_size=(images[i].shape[-1], images[i].shape[-2]), model_source=model.source,
+            model_identity=model.identity, model_dtype=str(model.dtype).removeprefix("torch."), losses=result.losses,
+            inner_iterations=result.iterations, wall_time=per_photo, pivot=pivot.cpu() if config.keep_pivot else None,
+            **provenance[i]))
     return results
-
-
-def _optimise(model: Model, pivots: torch.Tensor, cond: TextConditioning, photos: list[_Photo], schedule,
-              config: InversionConfig, callback: Callback | None, on_error: OnError) -> None:
-    """Algorithm 1 for every photo of `photos` at once, filling their ∅_t, losses and iterations in place."""
-    T, w, scale = schedule.num_steps, config.guidance_scale, loss_scale(model)
-    z_bar = pivots[T].to(model.device)  # (K, C, h, w) z̄_T ← z*_T
-    for k, t in enumerate(range(T, 0, -1)):
-        tau = schedule.timestep(t)
-        alive = [p for p in photos if p.error is None]
-        if not alive:
-            return
-        rows = [p.index for p in alive]
-        targets = pivots[t - 1].to(model.device).float()  # (K, C, h, w) z*_{t−1}
-        # 1. the conditional branch of every photo still in the run, once per step
-        with torch.no_grad():
-            out_cond = dict(zip(rows, model.predict(z_bar[rows], tau, cond[rows]).split(1)))
-        # 2. each photo's ∅_t starts at its ∅_{t+1}, with its own Adam
-        for p in alive:
-            p.null = p.null.detach().clone().requires_grad_(True)
-        optimisers = {p.index: torch.optim.Adam(p.null.tensors(), lr=config.learning_rate_at(k), eps=1e-8 * scale) for p in alive}
-        z_next = {}  # photo index → z̄_{t−1}
-        active, used, worst = list(alive), 0, (0, 0.0)
-        # 3. inner iterations: one UNet batch of the photos still optimising; a photo whose loss is below
-        #    the threshold (or that used its N updates) keeps this pass's z_{t−1} and leaves the batch
-        while active:
-            idx = [p.index for p in active]
-            with torch.set_grad_enabled(used < config.inner_steps):
-                nulls = TextConditioning.cat([p.null for p in active])  # (B, tokens, dim)
-                out = model.predict(z_bar[idx], tau, nulls)
-                z_prev = ddim_step(guided(out, torch.cat([out_cond[i] for i in idx]), w), z_bar[idx], t, schedule)
-                losses = [F.mse_loss(z_prev[j : j + 1], targets[i : i + 1]) for j, i in enumerate(idx)]
-            stepping = []
-            for j, (p, loss) in enumerate(zip(active, losses)):
-                try:
-                    _check_finite(loss, f"step {k + 1}/{T} (timestep {tau})")
-                except InversionError as e:
-                    _fail(p, e, on_error)
-                    continue
-                if loss.item() < config.threshold_at(k) or used == config.inner_steps:
-                    z_next[p.index] = z_prev[j : j + 1].detach()
-                    p.nulls[t - 1], p.losses[t - 1], p.iterations[t - 1] = p.null.detach().clone(), loss.item(), used
-                    worst = (max(worst[0], used), max(worst[1], loss.item()))
-                else:
-                    stepping.append((p, loss))
-            if not stepping:
-                break
-            for p, _ in stepping:
-                optimisers[p.index].zero_grad(set_to_none=True)
-            (torch.stack([loss for _, loss in stepping]).sum() * scale).backward()  # each ∅_t gets its own gradient
-            active = []
-            for p, _ in stepping:
-                if not p.null.grads_finite():
-                    _fail(p, InversionError(f"null-text gradient overflowed at step {k + 1}/{T} (timestep {tau}) — "
-                                            "run with --dtype float32 or bfloat16"), on_error)
-                    continue
-                optimisers[p.index].step()
-                active.append(p)
-            used += 1
-        # 4. z̄_{t−1} = z_{t−1}(z̄_t, ∅_t, C) for every photo still in the run
-        for i, z in z_next.items():
-            z_bar = torch.cat([z_bar[:i], z.to(z_bar), z_bar[i + 1 :]])
-        if callback is not None and z_next:
-            callback(StepReport(k + 1, T, tau, worst[0], worst[1]))
 
 
 def _invert_one(model: Model, image: torch.Tensor, prompt: str, config: InversionConfig, callback: Callback | None,
@@ -189,9 +98,3 @@ def _invert_one(model: Model, image: torch.Tensor, prompt: str, config: Inversio
         if on_error == "raise":
             raise
         return e
-
-
-def _fail(photo: _Photo, error: InversionError, on_error: OnError) -> None:
-    if on_error == "raise":
-        raise error
-    photo.error = error

@@ -49,11 +49,6 @@ _DTYPES = ("", "float32", "float16", "bfloat16")
 _REINVERT = "re-run `nulltext invert`"
 
 
-def atomic_write(path: Path, write, force: bool = True, keep_both: bool = False) -> Path:
-    """Call write(tmp_path) on a temporary file beside `path`, then move it into place (see `outputs.publish`)."""
-    return publish(path, write, force=force, keep_both=keep_both)
-
-
 def save_inversion(inversion: Inversion, path: str | Path, force: bool = True, keep_both: bool = False) -> Path:
     """Write the inversion to one .safetensors file, atomically; checked first, so a file that saves also loads."""
     path = Path(path)

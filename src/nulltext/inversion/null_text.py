@@ -1,4 +1,4 @@
-"""Inverting a photo into the model: DDIM inversion (the pivot) and Null-text inversion.
+"""Inverting a photo into the model: Null-text inversion, Algorithm 1 written once (the pivot: `pivot`).
 
 Mokady et al., "Null-text Inversion for Editing Real Images using Guided Diffusion Models", CVPR 2023.
 
@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from nulltext.core.conditioning import TextConditioning
-from nulltext.core.ddim import Schedule, ddim_inverse_step, ddim_step, guided, make_schedule, sample
+from nulltext.core.ddim import Schedule, ddim_step, guided, make_schedule
 from nulltext.model import Model
-from nulltext.core.sampling import guided_prediction
+from nulltext.inversion.pivot import ddim_invert, direct_corrections
 from nulltext.settings import SettingsError, check_finite, check_flag, check_whole
 from nulltext.errors import NulltextError
 
@@ -149,26 +149,6 @@ class Inversion:
 
 
 # ---------------------------------------------------------------------------------------------
-# DDIM inversion: the pivot
-
-
-@torch.no_grad()
-def ddim_invert(model: Model, z0: torch.Tensor, cond: TextConditioning | torch.Tensor, schedule: Schedule,
-                guidance_scale: float = 1.0, uncond: TextConditioning | torch.Tensor | None = None) -> torch.Tensor:
-    """DDIM inversion z*_0 → z*_T; returns the trajectory (T+1, C, h, w). w = 1 uses the caption only."""
-    z = z0.float()
-    trajectory = [z]
-    for i in range(1, schedule.num_steps + 1):
-        t = schedule.timestep(i)
-        out = model.predict(z, t, cond)
-        if guidance_scale != 1.0:
-            out = guided(model.predict(z, t, uncond), out, guidance_scale)
-        z = ddim_inverse_step(out, z, i, schedule)
-        trajectory.append(z)
-    return torch.cat(trajectory)
-
-
-# ---------------------------------------------------------------------------------------------
 # Null-text optimisation
 
 
@@ -197,74 +177,154 @@ def loss_scale(model: Model) -> float:
 def null_text_optimise(model: Model, pivot: torch.Tensor, cond: TextConditioning | torch.Tensor,
                        uncond: TextConditioning | torch.Tensor, schedule: Schedule, config: InversionConfig,
                        callback: Callback | None = None, on_update: UpdateHook | None = None) -> Optimised:
-    """Algorithm 1 (Mokady et al. 2023): per-step ∅_t so that guided DDIM from z*_T follows the pivot.
+    """Algorithm 1 (Mokady et al. 2023) for one photo: `optimise_rows` with one row; pivot (T+1, C, h, w)."""
+    hook = None if on_update is None else (lambda row, t, null: on_update(t, null.tokens.detach()[0]))
+    [result] = optimise_rows(model, pivot[:, None], TextConditioning.of(cond), TextConditioning.of(uncond), schedule,
+                             config, callback, hook)
+    return result
 
+
+@dataclass
+class _Row:
+    """One photo's running state in Algorithm 1: its ∅_t, what each step left, its secant state."""
+
+    index: int
+    null: TextConditioning  # a batch of one, float32: the current ∅_t (SDXL: tokens and pooled)
+    nulls: list  # ∅_1 … ∅_T, filled from T down
+    losses: list[float]
+    iterations: list[int]
+    secant: SecantState = field(default_factory=lambda: SecantState())
+    error: InversionError | None = None
+
+
+OnError = Literal["raise", "keep"]
+RowsFrom = Callable[[list[int], TextConditioning, bool], torch.Tensor]  # (rows, their ∅_t, with gradient?) → z_{t−1}
+
+
+def optimise_rows(model: Model, pivots: torch.Tensor, cond: TextConditioning, uncond: TextConditioning,
+                  schedule: Schedule, config: InversionConfig, callback: Callback | None = None,
+                  on_update: Callable[[int, int, TextConditioning], None] | None = None,
+                  on_error: OnError = "raise") -> list[Optimised | InversionError]:
+    """Algorithm 1 (Mokady et al. 2023): per-step ∅_t of each of K photos so that guided DDIM from z*_T
+    follows its pivot; pivots (T+1, K, C, h, w), cond (K, …), uncond ψ("") (1, …).
+
+    The one definition of the algorithm: `invert` runs it with K = 1, `invert_batch` with K photos per
+    UNet call (each photo with its own ∅_t, optimiser and early stop; see `nulltext.inversion.batched`).
     Every part of the unconditional conditioning is optimised (SDXL: tokens and pooled), in fp32.
-    `config.optimizer` picks the inner loop: the paper's Adam, or `secant_descent`.
-    `on_update(t, ∅_t)` sees every update (the study's ablation records its checkpoints with it).
+    `config.optimizer` picks the inner loop: the paper's Adam (`adam_descent`, all rows in one batch), or
+    `secant_descent` (row by row). `on_update(row, t, ∅_t)` sees every update (the study's checkpoints).
+    A photo whose loss or gradient is not finite raises InversionError (`on_error="raise"`), or (`"keep"`)
+    leaves the run with the error in its place in the returned list.
     """
     T, w, scale = schedule.num_steps, config.guidance_scale, loss_scale(model)
-    null = TextConditioning.of(uncond).detach().float().clone()  # ∅_T ← ψ("")
-    z_bar = pivot[T : T + 1].to(model.device)  # z̄_T ← z*_T
-    nulls, losses, iterations = [None] * T, [0.0] * T, [0] * T
-    secant = SecantState()
+    K = pivots.shape[1]
+    rows = [_Row(i, uncond.detach().float().clone(), [None] * T, [0.0] * T, [0] * T) for i in range(K)]  # ∅_T ← ψ("")
+    z_bar = pivots[T].to(model.device)  # (K, C, h, w) z̄_T ← z*_T
     for k, t in enumerate(range(T, 0, -1)):
-        tau, target = schedule.timestep(t), pivot[t - 1 : t].to(model.device).float()  # z*_{t−1}
-        # 1. the conditional branch ε(z̄_t, C) does not depend on ∅_t: once per step
+        alive = [r for r in rows if r.error is None]
+        if not alive:
+            break
+        tau, idx = schedule.timestep(t), [r.index for r in alive]
+        targets = pivots[t - 1].to(model.device).float()  # (K, C, h, w) z*_{t−1}
+        # 1. the conditional branch ε(z̄_t, C) does not depend on ∅_t: once per step, for every photo in the run
         with torch.no_grad():
-            out_cond = model.predict(z_bar, tau, cond)
+            out_cond = dict(zip(idx, model.predict(z_bar[idx], tau, cond[idx]).split(1)))
 
-        def step_from(n: TextConditioning, grad: bool, z_bar=z_bar, tau=tau, out_cond=out_cond, t=t) -> torch.Tensor:
-            """z_{t−1}(z̄_t, ∅_t, C): one guided DDIM step, differentiable in ∅_t when `grad`."""
+        def step_from(members: list[int], nulls: TextConditioning, grad: bool, z_bar=z_bar, tau=tau, out_cond=out_cond,
+                      t=t) -> torch.Tensor:
+            """z_{t−1}(z̄_t, ∅_t, C) of the photos `members`: one guided DDIM step, differentiable in ∅_t when `grad`."""
             with torch.set_grad_enabled(grad):
-                return ddim_step(guided(model.predict(z_bar, tau, n), out_cond, w), z_bar, t, schedule)
+                out = model.predict(z_bar[members], tau, nulls)
+                return ddim_step(guided(out, torch.cat([out_cond[i] for i in members]), w), z_bar[members], t, schedule)
 
-        # 2. ∅_t starts at ∅_{t+1}, as a fresh tensor (the optimiser updates it)
-        null = null.detach().clone().requires_grad_(True)
-        where = f"step {k + 1}/{T} (timestep {tau})"
-        hook = None if on_update is None else (lambda n, t=t: on_update(t, n.tokens.detach()[0]))
+        # 2. each ∅_t starts at its ∅_{t+1}, as a fresh tensor (the optimiser updates it)
+        for r in alive:
+            r.null = r.null.detach().clone().requires_grad_(True)
+        where, threshold = f"step {k + 1}/{T} (timestep {tau})", config.threshold_at(k)
+        hook = None if on_update is None else (lambda i, null, t=t: on_update(i, t, null))
         # 3. minimise ‖z*_{t−1} − z_{t−1}(z̄_t, ∅_t, C)‖², stopping early below the step's threshold
         if config.optimizer == "adam":
-            null, z_prev, loss, used = adam_descent(step_from, null, target, config.threshold_at(k), config.inner_steps,
-                                                    config.learning_rate_at(k), scale, where, hook)
+            done = adam_descent(step_from, alive, targets, threshold, config.inner_steps, config.learning_rate_at(k),
+                                scale, where, hook, on_error)
         else:
-            null, z_prev, loss, used = secant_descent(step_from, null, target, config.threshold_at(k), config, secant,
-                                                      scale, where, hook)
+            done = {}
+            for r in alive:
+                try:
+                    r.null, z_prev, loss, used = secant_descent(
+                        lambda n, g, i=r.index: step_from([i], n, g), r.null, targets[r.index : r.index + 1], threshold,
+                        config, r.secant, scale, where, None if hook is None else (lambda n, i=r.index: hook(i, n)))
+                    done[r.index] = (z_prev, loss, used)
+                except InversionError as e:
+                    _fail(r, e, on_error)
         # 4. keep ∅_t, move on along the guided trajectory: z̄_{t−1} = z_{t−1}(z̄_t, ∅_t, C)
-        nulls[t - 1], losses[t - 1], iterations[t - 1] = null.detach().clone(), loss.item(), used
-        z_bar = z_prev.detach()
-        if callback is not None:
-            callback(StepReport(k + 1, T, tau, used, loss.item()))
-    stacked = TextConditioning.cat(nulls)  # (T, …) in step order ∅_1 … ∅_T
-    return Optimised(stacked.tokens, losses, iterations, stacked.pooled)
+        for i, (z_prev, loss, used) in done.items():
+            r = rows[i]
+            r.nulls[t - 1], r.losses[t - 1], r.iterations[t - 1] = r.null.detach().clone(), loss.item(), used
+            z_bar = torch.cat([z_bar[:i], z_prev.detach().to(z_bar), z_bar[i + 1 :]])
+        if callback is not None and done:  # the most iterations and the highest loss over the photos
+            callback(StepReport(k + 1, T, tau, max(d[2] for d in done.values()), max(d[1].item() for d in done.values())))
+    results: list[Optimised | InversionError] = []
+    for r in rows:
+        stacked = None if r.error is not None else TextConditioning.cat(r.nulls)  # (T, …) in step order ∅_1 … ∅_T
+        results.append(r.error if stacked is None else Optimised(stacked.tokens, r.losses, r.iterations, stacked.pooled))
+    return results
+
+
+def adam_descent(step_from: RowsFrom, rows: list[_Row], targets: torch.Tensor, threshold: float, max_updates: int,
+                 lr: float, scale: float, where: str, on_update: Callable[[int, TextConditioning], None] | None = None,
+                 on_error: OnError = "raise") -> dict[int, tuple[torch.Tensor, torch.Tensor, int]]:
+    """The paper's inner loop for every row at once: at most N Adam updates of each ∅_t, one UNet batch of the
+    rows still optimising per iteration; returns {row: (z_{t−1}, loss, updates)}.
+
+    The early-stop test comes before each update, and the last forward pass gives z̄_{t−1}, so a row that
+    stops early costs no extra pass: it keeps this pass's z_{t−1} and leaves the batch. Each ∅_t has its own
+    Adam (its own moments and step count); the batch loss is the sum of the rows' losses, whose gradient in
+    each ∅_t is that row's own (the UNet treats rows independently).
+    """
+    optimisers = {r.index: torch.optim.Adam(r.null.tensors(), lr=lr, eps=1e-8 * scale) for r in rows}
+    done: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+    active, used = list(rows), 0
+    while active:
+        idx = [r.index for r in active]
+        z_prev = step_from(idx, TextConditioning.cat([r.null for r in active]), used < max_updates)  # (B, C, h, w)
+        losses = [F.mse_loss(z_prev[j : j + 1], targets[i : i + 1]) for j, i in enumerate(idx)]
+        stepping = []
+        for j, (r, loss) in enumerate(zip(active, losses)):
+            try:
+                _check_finite(loss, where)
+            except InversionError as e:
+                _fail(r, e, on_error)
+                continue
+            if loss.item() < threshold or used == max_updates:
+                done[r.index] = (z_prev[j : j + 1].detach(), loss.detach(), used)
+            else:
+                stepping.append((r, loss))
+        if not stepping:
+            break
+        for r, _ in stepping:
+            optimisers[r.index].zero_grad(set_to_none=True)
+        (torch.stack([loss for _, loss in stepping]).sum() * scale).backward()  # each ∅_t gets its own gradient
+        active = []
+        for r, _ in stepping:
+            if not r.null.grads_finite():
+                _fail(r, InversionError(f"null-text gradient overflowed at {where} — run with --dtype float32 or bfloat16"),
+                      on_error)
+                continue
+            optimisers[r.index].step()
+            if on_update is not None:
+                on_update(r.index, r.null)
+            active.append(r)
+        used += 1
+    return done
+
+
+def _fail(row: _Row, error: InversionError, on_error: OnError) -> None:
+    if on_error == "raise":
+        raise error
+    row.error = error
 
 
 StepFrom = Callable[[TextConditioning, bool], torch.Tensor]  # (∅_t, with gradient?) → z_{t−1}
-
-
-def adam_descent(step_from: StepFrom, null: TextConditioning, target: torch.Tensor, threshold: float, max_updates: int,
-                 lr: float, scale: float, where: str, on_update: Callable[[TextConditioning], None] | None = None):
-    """The paper's inner loop: at most N Adam updates of ∅_t; returns (∅_t, z_{t−1}, loss, updates).
-
-    The early-stop test comes before each update, and the last forward pass gives z̄_{t−1}, so a step
-    that stops early costs no extra pass.
-    """
-    optimiser = torch.optim.Adam(null.tensors(), lr=lr, eps=1e-8 * scale)
-    used = 0
-    for used in range(max_updates + 1):
-        z_prev = step_from(null, used < max_updates)
-        loss = F.mse_loss(z_prev, target)
-        _check_finite(loss, where)
-        if loss.item() < threshold or used == max_updates:
-            break
-        optimiser.zero_grad(set_to_none=True)
-        (loss * scale).backward()
-        if not null.grads_finite():
-            raise InversionError(f"null-text gradient overflowed at {where} — run with --dtype float32 or bfloat16")
-        optimiser.step()
-        if on_update is not None:
-            on_update(null)
-    return null, z_prev, loss, used
 
 
 @dataclass
@@ -329,28 +389,6 @@ def secant_descent(step_from: StepFrom, null: TextConditioning, target: torch.Te
 def _check_finite(loss: torch.Tensor, where: str) -> None:
     if not torch.isfinite(loss):
         raise InversionError(f"null-text loss became {loss.item()} at {where} — run with --dtype float32 or a lower --lr")
-
-
-def direct_corrections(model: Model, pivot: torch.Tensor, cond: TextConditioning | torch.Tensor,
-                       uncond: TextConditioning | torch.Tensor, schedule: Schedule, guidance_scale: float) -> torch.Tensor:
-    """Direct inversion (Ju et al. 2023, "PnP Inversion"): d_t = z*_{t−1} − z_{t−1}(z*_t, ψ(""), C), (T, C, h, w).
-
-    Guided sampling that is put back on the pivot after every step; adding d_t after each guided step
-    of the source branch does the same at edit time.
-    """
-    T = schedule.num_steps
-    corrections = torch.zeros_like(pivot[1:])
-    nulls = TextConditioning.of(uncond).float().expand(T)
-
-    def back_on_pivot(i: int, z_prev: torch.Tensor) -> torch.Tensor:
-        target = pivot[i - 1 : i].to(z_prev)
-        corrections[i - 1] = (target - z_prev)[0].to(corrections)
-        return target
-
-    with torch.no_grad():
-        sample(guided_prediction(model, cond, nulls, guidance_scale, schedule), pivot[T:].to(model.device), schedule,
-               back_on_pivot)
-    return corrections
 
 
 # ---------------------------------------------------------------------------------------------

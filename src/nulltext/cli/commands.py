@@ -1,0 +1,334 @@
+"""The commands, `cmd_*` (one per subcommand), and the helpers only they use.
+
+The library is imported inside each command, when it runs: `nulltext --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+
+from nulltext import __version__
+from nulltext.cli.common import CLIError, _load_model, _progress, _refuse_existing, _settings
+
+
+def _step_bar(args, desc: str):
+    """A tqdm-driven StepCallback and the bar, for sampling loops."""
+    bar = {"bar": None}
+
+    def callback(done: int, total: int) -> None:
+        if bar["bar"] is None:
+            bar["bar"] = _progress(args, total, desc)
+        bar["bar"].update(1)
+        if done == total:
+            bar["bar"].close()
+
+    return callback
+
+
+def _open(args):
+    """The model and the inversion file it must have made."""
+    from nulltext.inversion.file import load_inversion
+
+    model = _load_model(args)
+    inversion = load_inversion(args.inversion, model)
+    made_in, now = inversion.model_dtype, str(model.dtype).removeprefix("torch.")
+    if made_in and made_in != now and not args.quiet:
+        print(f"nulltext: note: {args.inversion} was inverted in {made_in}, replayed in {now}; "
+              f"pass --dtype {made_in} for the exact reconstruction", file=sys.stderr)
+    return model, inversion
+
+
+def _edit_config(args, inversion):
+    from nulltext.io.images import load_mask
+    from nulltext.editing.prompt_to_prompt import EditConfig
+
+    mask = None if args.mask is None else load_mask(args.mask, inversion.image_size)
+    return _settings(
+        EditConfig, mode=args.mode, cross_replace=args.cross, self_replace=args.self_replace,
+        word_cross_replace=dict(args.word_cross or []), reweight=dict(args.reweight or []),
+        blend_words=args.blend or [], blend_subtract=args.subtract or [], blend_mask=mask,
+        blend_mask_combine=args.mask_combine, blend_threshold=args.threshold, blend_start=args.blend_start,
+        target_null=args.target_null,
+    )
+
+
+def _metadata(model, inversion, **fields) -> dict[str, str]:
+    meta = {"nulltext_version": __version__, "model": model.source, "model_identity": model.identity,
+            "source_prompt": inversion.prompt}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()})
+    return meta
+
+
+def cmd_invert(args) -> None:
+    from nulltext.io.images import load_image, to_tensor
+    from nulltext.inversion.null_text import InversionConfig, invert
+    from nulltext.core.ddim import make_schedule
+    from nulltext.inversion.file import save_inversion
+
+    out = Path(args.output or Path(args.photo).with_suffix(".nti").name)
+    _refuse_existing([out], args)
+    config = _settings(InversionConfig, method=args.method, num_steps=args.steps, guidance_scale=args.guidance,
+                       inner_steps=args.inner_steps, learning_rate=args.lr, keep_pivot=not args.no_pivot,
+                       optimizer="secant" if args.fast else "adam")
+    model = _load_model(args)
+    make_schedule(model.scheduler_config, config.num_steps)  # the scheduler's own step limit
+    size = args.size or model.default_size
+    model.check_size(size)
+    model.check_prompt(args.prompt)
+    photo = load_image(args.photo, size, crop=args.crop)
+    bar = _progress(args, config.num_steps, "null-text" if config.method == "null-text" else "ddim")
+
+    def callback(report) -> None:
+        bar.update(1)
+        bar.set_postfix(t=report.timestep, iters=report.inner_iterations, loss=f"{report.loss:.2e}")
+
+    import numpy as np
+    import torch
+
+    inversion = invert(model, to_tensor(photo.image), args.prompt, config, callback,
+                       photo=torch.from_numpy(np.asarray(photo.image).copy()), crop_box=photo.crop_box,
+                       source_path=str(photo.path))
+    bar.close()
+    save_inversion(inversion, out, force=args.force, keep_both=True)
+    iters = sum(inversion.inner_iterations)
+    print(f"wrote {out}  ({inversion.wall_time:.1f} s, {iters} Adam iterations"
+               + (f", final loss {inversion.losses[0]:.2e})" if inversion.losses else ")"))
+
+
+def _psnr_report(model, inversion, image) -> str:
+    from nulltext.io.images import to_pil, to_tensor
+    from nulltext.evaluation.metrics import psnr, ssim
+
+    if inversion.photo is None:
+        return ""
+    from PIL import Image
+
+    photo = Image.fromarray(inversion.photo.numpy())
+    rec = to_pil(image)[0]
+    bound = to_pil(model.decode_latents(model.encode_image(to_tensor(photo))))[0]
+    return (f"PSNR {psnr(rec, photo):.2f} dB, SSIM {ssim(rec, photo):.4f} against the photo; "
+            f"VAE-only bound {psnr(bound, photo):.2f} dB")
+
+
+def cmd_reconstruct(args) -> None:
+    from nulltext.editing.from_inversion import reconstruct
+    from nulltext.io.images import save_png, to_pil
+
+    out = Path(args.output or Path(args.inversion).with_suffix(".png").name)
+    _refuse_existing([out], args)
+    model, inversion = _open(args)
+    image = reconstruct(model, inversion, _step_bar(args, "reconstruct"))
+    report = _psnr_report(model, inversion, image)
+    save_png(to_pil(image)[0], out, _metadata(model, inversion, kind="reconstruction"), force=args.force,
+             keep_both=True)
+    print(f"wrote {out}")
+    if report:
+        print(report)
+
+
+def cmd_edit(args) -> None:
+    from nulltext.editing.from_inversion import edit
+    from nulltext.io.images import make_grid, save_png, to_pil
+
+    out = Path(args.output)
+    names = [out / f"edit_{j + 1:02d}.png" for j in range(max(1, len(args.targets)))] + [out / "grid.png"]
+    _refuse_existing(names, args)
+    model, inversion = _open(args)
+    targets = args.targets or [inversion.prompt]
+    config = _edit_config(args, inversion)
+    result = edit(model, inversion, targets, config, _step_bar(args, "edit"))
+    images = to_pil(result.images)
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "blend_mask"}
+    if args.mask is not None:
+        settings["blend_mask"] = str(args.mask)
+    for j, target in enumerate(targets):
+        save_png(images[j + 1], names[j], _metadata(model, inversion, kind="edit", target_prompt=target, **settings),
+                 force=args.force, keep_both=True)
+    labels = [f"source: {inversion.prompt}", *targets]
+    save_png(make_grid(images, labels), names[-1], _metadata(model, inversion, kind="edit grid", targets=targets),
+             force=args.force, keep_both=True)
+    for p in names:
+        print(f"wrote {p}")
+
+
+def cmd_attention(args) -> None:
+    from nulltext.editing.from_inversion import attention_maps
+    from nulltext.io.images import make_grid, save_png
+    from nulltext.io.viz import attention_tiles
+
+    out = Path(args.output or Path(args.inversion).with_suffix(".attention.png").name)
+    _refuse_existing([out], args)
+    model, inversion = _open(args)
+    tokens, maps, image = attention_maps(model, inversion, _step_bar(args, "attention"))
+    tiles = attention_tiles(image, maps)
+    save_png(make_grid(tiles, ["reconstruction", *tokens]), out, _metadata(model, inversion, kind="attention maps"),
+             force=args.force, keep_both=True)
+    print(f"wrote {out}")
+
+
+def cmd_info(args) -> None:
+    from nulltext.inversion.file import load_inversion
+
+    inv = load_inversion(args.inversion)
+    T = inv.config.num_steps
+    lines = [
+        f"prompt:          {inv.prompt}",
+        f"method:          {inv.config.method}, {T} DDIM steps, guidance {inv.config.guidance_scale}",
+        f"image:           {inv.image_size[0]}x{inv.image_size[1]}"
+        + (f" from {inv.source_path} crop {inv.crop_box}" if inv.source_path else ""),
+        f"model:           {inv.model_source} (weights {inv.model_identity})",
+        f"latent:          {tuple(inv.latent_T.shape)}, null embeddings {tuple(inv.null_embeddings.shape)}"
+        + (f", pooled {tuple(inv.null_pooled.shape)}" if inv.null_pooled is not None else "")
+        + (", pivot stored" if inv.pivot is not None else ""),
+        f"wall time:       {inv.wall_time:.1f} s",
+    ]
+    if inv.losses:
+        lines.append(f"Adam iterations: {sum(inv.inner_iterations)} (max {max(inv.inner_iterations)} per step)")
+        lines.append(f"final losses:    t=T {inv.losses[-1]:.2e}, t=1 {inv.losses[0]:.2e}")
+    print("\n".join(lines))
+
+
+def cmd_study(args) -> None:
+    from nulltext.evaluation import study
+    from nulltext.evaluation.study_photos import JUDGED_BY, colour_swap_judge, study_photos
+
+    out = Path(args.output)
+    bar = _progress(args, None, f"study {args.study}")
+
+    def progress(text: str) -> None:
+        bar.set_description_str(text)
+        bar.update(1)
+
+    names = ["ablation.png", "ablation.md", "ablation.json"] if args.study == "ablation" else ["guidance.md", "guidance.json"]
+    _refuse_existing([out / n for n in names], args)
+    model = _load_model(args)
+    photos = study_photos(range(args.images), model.default_size[0])
+    if args.study == "ablation":
+        config = study.AblationConfig()
+        if args.checkpoints:
+            config.checkpoints = tuple(int(v) for v in args.checkpoints.split(","))
+        result = study.run_ablation(model, photos, config, progress)
+        paths = study.ablation_report(result, out, model.source, config.inversion.num_steps)
+    else:
+        rows = study.run_guidance_table(model, photos, colour_swap_judge, progress)
+        paths = study.guidance_report(rows, out, args.images, JUDGED_BY)
+    bar.close()
+    for p in paths:
+        print(f"wrote {p}")
+
+
+def cmd_bench(args) -> None:
+    from nulltext.evaluation import edit_bench
+    from nulltext.inversion.null_text import InversionConfig
+    from nulltext.evaluation.perceptual import PerceptualConfig
+    from nulltext.editing.prompt_to_prompt import TargetNull
+
+    out = Path(args.output)
+    _refuse_existing([out / n for n in edit_bench.OUTPUTS], args)
+    unknown = [m for m in args.methods if m not in edit_bench.METHODS]
+    if unknown:
+        raise CLIError(f"unknown method {unknown[0]!r}; choose from {', '.join(edit_bench.METHODS)}")
+    wrong = [t for t in args.target_null if t not in typing.get_args(TargetNull)]
+    if wrong:
+        raise CLIError(f"unknown target null {wrong[0]!r}; choose from {', '.join(typing.get_args(TargetNull))}")
+    if args.images and not args.pie_bench:
+        raise CLIError("--images needs --pie-bench MAPPING_FILE")
+    model = _load_model(args)
+    config = edit_bench.BenchConfig(
+        methods=tuple(args.methods), inversion=InversionConfig(num_steps=args.steps),
+        target_nulls=tuple(args.target_null),
+        perceptual=PerceptualConfig(lpips=args.lpips, clip=args.clip, dino=args.dino, device=str(model.device)))
+    if args.pie_bench:
+        from nulltext.evaluation import pie_bench
+
+        entries = pie_bench.read_mapping(args.pie_bench, types=args.types, limit=args.limit)
+        images = args.images or Path(args.pie_bench).parent / "annotation_images"
+        cases, dataset, config.convention = pie_bench.pie_cases(entries, images, model.default_size), "PIE-Bench", "pie-bench"
+    else:
+        cases, dataset = edit_bench.make_cases(args.per_type, args.seed, model.default_size[0]), "bundled"
+    bar = _progress(args, len(cases) * len(config.methods), "bench edits")
+
+    def progress(text: str) -> None:
+        bar.set_postfix_str(text)
+        bar.update(1)
+
+    result = edit_bench.run_edit_bench(model, cases, config, progress, dataset)
+    bar.close()
+    paths = edit_bench.bench_report(result, out)
+    if not args.quiet:
+        print(edit_bench.markdown_table(result))
+    for name, why in result.skipped.items():
+        print(f"{name}: skipped — {why}")
+    for p in paths:
+        print(f"wrote {p}")
+    print(f"{len(cases)} cases × {len(config.methods)} methods in {result.seconds / 60:.1f} min")
+
+
+def cmd_serve(args) -> None:
+    try:
+        from nulltext.app import launch
+    except ImportError as e:
+        raise CLIError(f"the web app needs Gradio ({e.name} is not installed) — pip install 'nulltext[ui]'") from None
+
+    model = _load_model(args)
+    if not args.quiet:
+        print(f"nulltext: serving {model.source} at http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
+    launch(model, host=args.host, port=args.port, share=args.share == "on", quiet=args.quiet)
+
+
+def cmd_batch(args) -> int:
+    from nulltext.batch import BatchConfig, ManifestError, prepare_output, read_manifest, run_manifest
+
+    try:
+        rows = read_manifest(args.manifest, args.images)
+    except ManifestError as e:
+        raise CLIError(str(e)) from None
+    config = _settings(BatchConfig, batch_size=args.batch_size, redo=args.redo or args.force)
+    for warning in prepare_output(args.output):  # an unwritable -o is one line before the model loads
+        print(f"nulltext: warning: {warning}", file=sys.stderr)
+    model = _load_model(args)
+    rows_bar = _progress(args, len(rows), "rows")
+    steps_bar = _progress(args, None, "steps") if args.ray is None else None  # Ray workers report rows only
+    failed = []
+
+    def on_row(record: dict) -> None:
+        failed.extend([record["row"]] if record["status"] not in ("done", "duplicate") else [])
+        rows_bar.update(1)
+        rows_bar.set_postfix(failed=len(failed))
+
+    def on_step(report) -> None:
+        if report.step == 1:
+            steps_bar.reset(total=report.total)
+        steps_bar.update(1)
+        steps_bar.set_postfix(iters=report.inner_iterations, loss=f"{report.loss:.2e}")
+
+    executor = None
+    if args.ray is not None:
+        from nulltext.batch.ray_data import RayOptions, ray_executor
+
+        options = _settings(RayOptions, address=None if args.ray == "local" else args.ray, workers=args.workers,
+                            gpus_per_worker=args.gpus_per_worker)
+        executor = ray_executor(options, args.model, args.device, args.dtype, args.output, config, args.allow_pickle)
+    summary = run_manifest(model, rows, args.output, config, executor, on_row, on_step if steps_bar is not None else None,
+                           on_plan=lambda pending: rows_bar.reset(total=pending))
+    for bar in (steps_bar, rows_bar):
+        if bar is not None:
+            bar.close()
+    print(summary.table())
+    print(f"results: {Path(args.output) / 'results.jsonl'}")
+    for warning in summary.warnings:
+        print(f"nulltext: warning: {warning}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def cmd_demo(args) -> None:
+    from nulltext.demo import run_demo
+
+    model = _load_model(args)
+    result = run_demo(model, Path(args.output), force=args.force, quiet=args.quiet)
+    for line in result.summary_lines():
+        print(line)

@@ -1,0 +1,40 @@
+"""What every command shares: the one-line error, settings checks, the model, progress bars, output checks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from nulltext.errors import NulltextError
+
+
+class CLIError(NulltextError):
+    """A user-facing one-line error."""
+
+
+def _settings(config_class, **values):
+    """Build a settings dataclass; its own checks (`__post_init__`) become one-line errors."""
+    try:
+        return config_class(**values)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def _load_model(args):
+    from nulltext.model import load_model
+
+    return load_model(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle,
+                      config=getattr(args, "model_config", None))
+
+
+def _progress(args, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=args.quiet, leave=False, file=sys.stderr)
+
+
+def _refuse_existing(paths: list[Path], args) -> None:
+    """Before the work: earlier results are never overwritten without --force, and every output can be written."""
+    from nulltext.io.outputs import check_outputs
+
+    check_outputs(paths, force=args.force)

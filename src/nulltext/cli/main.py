@@ -1,0 +1,96 @@
+"""`main`: parse, check the text arguments, run the command; every error is one line unless --debug."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from nulltext.cli.common import CLIError
+from nulltext.cli.parser import build_parser
+from nulltext.errors import NulltextError
+
+
+EXIT_ERROR = 2
+
+
+def _quiet_libraries() -> None:
+    """diffusers' and transformers' loading bars and advice are noise on our command line."""
+    import diffusers
+    import transformers
+
+    for lib in (diffusers, transformers):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
+
+
+# free-text arguments (not paths: a file name may hold any bytes) → how the user wrote them
+_TEXT_ARGUMENTS = {"prompt": "--prompt", "targets": "a target prompt", "reweight": "--reweight", "blend": "--blend",
+                   "subtract": "--subtract", "word_cross": "--word-cross"}
+
+
+def _check_text_arguments(args) -> None:
+    """Text that is not valid UTF-8 arrives as surrogate escapes; refuse it naming the argument."""
+    from nulltext.model import utf8_problem
+
+    for dest, name in _TEXT_ARGUMENTS.items():
+        values = getattr(args, dest, None)
+        for value in values if isinstance(values, list) else [values]:
+            for text in value if isinstance(value, tuple) else [value]:
+                problem = utf8_problem(text) if isinstance(text, str) else None
+                if problem:
+                    raise CLIError(f"{name} is not valid UTF-8: {problem} — pass it as UTF-8 text")
+
+
+def _close_progress_bars() -> None:
+    """Clear any progress bar still on screen, so a message starts on a fresh line."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
+
+
+class _TerminateAsExit:
+    """SIGTERM unwinds like Ctrl-C (exit 143), so temporary files are removed on the way out."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            def terminate(signum, frame):
+                raise SystemExit(128 + signum)
+
+            self.previous = signal.signal(signal.SIGTERM, terminate)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False) or os.environ.get("NULLTEXT_DEBUG"))
+    try:
+        _quiet_libraries()
+        _check_text_arguments(args)
+        with _TerminateAsExit():
+            code = args.func(args)
+    except KeyboardInterrupt:
+        _close_progress_bars()
+        print("nulltext: interrupted — files already reported as written are complete; no partial file was left",
+              file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the safety net: every error is one line unless --debug
+        _close_progress_bars()
+        if debug:
+            raise
+        from nulltext.errors import one_line, runtime_errors
+
+        hint = "" if isinstance(e, (NulltextError, *runtime_errors())) else " (run with --debug for the traceback)"
+        print(f"nulltext: error: {one_line(e)}{hint}", file=sys.stderr)
+        return EXIT_ERROR
+    return code or 0

@@ -1,0 +1,224 @@
+"""The `Model` a user's weights become: encode text, predict noise, VAE in and out, and the checks on its
+inputs (prompts, sizes). What differs between SD 1.x, 2.x and SDXL is data here (`TextConditioning`,
+SDXL's micro-conditioning), never a branch in the algorithms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from nulltext.core.conditioning import TextConditioning
+from nulltext.errors import short
+from nulltext.model.device import available_memory
+from nulltext.model.errors import PromptError, SizeError
+
+@dataclass
+class Model:
+    """A loaded Stable Diffusion model: components, scheduler config, source and identity."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler_config: dict
+    source: str
+    identity: str
+    text_encoder_2: Any = None  # SDXL: the second encoder (with projection: the pooled embedding)
+    tokenizer_2: Any = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        """(width, height) the UNet was trained at: sample_size × VAE factor."""
+        s = self.unet.config.sample_size
+        h, w = (s, s) if isinstance(s, int) else tuple(s)
+        return (w * self.vae_scale_factor, h * self.vae_scale_factor)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: VAE factor × the UNet's own downsampling."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.tokenizer.model_max_length)
+
+    @property
+    def text_encoders(self) -> list[tuple[Any, Any]]:
+        """(tokenizer, encoder) pairs whose token features are concatenated: one, or SDXL's two."""
+        pairs = [(self.tokenizer, self.text_encoder)]
+        return pairs if self.text_encoder_2 is None else pairs + [(self.tokenizer_2, self.text_encoder_2)]
+
+    @property
+    def text_dim(self) -> int:
+        """Width of the token embeddings the UNet's cross-attention reads (SDXL: both encoders')."""
+        return sum(int(enc.config.hidden_size) for _, enc in self.text_encoders)
+
+    @property
+    def pooled_dim(self) -> int | None:
+        """Width of SDXL's pooled text embedding; None for models without one."""
+        return None if self.text_encoder_2 is None else int(self.text_encoder_2.config.projection_dim)
+
+    # -- text -----------------------------------------------------------------------------------
+
+    def check_prompt(self, prompt: str, allow_empty: bool = False) -> None:
+        """Raise PromptError for an empty, over-long or non-UTF-8 prompt."""
+        check_prompt_text(prompt)
+        if not prompt.strip() and not allow_empty:
+            raise PromptError("the prompt is empty — describe the photo, e.g. --prompt \"a cat sitting next to a mirror\"")
+        n = len(self.tokenizer(prompt).input_ids)
+        if n > self.max_tokens:
+            raise PromptError(
+                f"prompt {short(prompt)!r} is {n} tokens long; this model reads at most {self.max_tokens} "
+                "(start and end included) — shorten it"
+            )
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """Token embeddings (batch, tokens, dim) in the model's dtype; "" gives ψ("")."""
+        return self.text_conditioning(prompts).tokens
+
+    @torch.no_grad()
+    def text_conditioning(self, prompts: list[str]) -> TextConditioning:
+        """Everything the UNet reads of the prompts, in the model's dtype.
+
+        SD 1.x/2.x: the encoder's last hidden state (B, tokens, dim). SDXL (as its pipeline): each
+        encoder's penultimate hidden state, concatenated (B, tokens, dim₁ + dim₂), and the second
+        encoder's projected pooled embedding (B, P).
+        """
+        for p in prompts:
+            self.check_prompt(p, allow_empty=True)
+        if self.text_encoder_2 is None:
+            return TextConditioning(self.text_encoder(self._token_ids(self.tokenizer, prompts))[0].to(self.dtype))
+        features, pooled = [], None
+        for tokenizer, encoder in self.text_encoders:
+            out = encoder(self._token_ids(tokenizer, prompts), output_hidden_states=True)
+            features.append(out.hidden_states[-2])
+            pooled = out[0]  # the last encoder's projected (B, P) text embedding
+        return TextConditioning(torch.cat(features, dim=-1).to(self.dtype), pooled.to(self.dtype))
+
+    def _token_ids(self, tokenizer, prompts: list[str]) -> torch.Tensor:
+        return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids.to(self.device)
+
+    def null_conditioning(self) -> TextConditioning:
+        """ψ(""), a batch of one: the unconditional conditioning, ∅_T's start in Algorithm 1."""
+        return self.text_conditioning([""])
+
+    def added_conditioning(self, conditioning: TextConditioning, latents: torch.Tensor) -> dict | None:
+        """SDXL's `added_cond_kwargs`: the pooled embedding and the size micro-conditioning; None for SD 1.x/2.x.
+
+        `add_time_ids` are (original height, width, crop top, left, target height, width) in pixels,
+        as the SDXL pipeline builds them by default: the image size from the latent, no crop.
+        """
+        if self.unet.config.addition_embed_type != "text_time":
+            return None
+        if conditioning.pooled is None:
+            raise ValueError("this SDXL model needs pooled text embeddings — pass model.text_conditioning(...)")
+        h, w = (int(s) * self.vae_scale_factor for s in latents.shape[-2:])
+        ids = torch.tensor([[h, w, 0, 0, h, w]], device=self.device, dtype=self.dtype).expand(latents.shape[0], -1)
+        return {"text_embeds": conditioning.pooled.to(self.device, self.dtype), "time_ids": ids}
+
+    def predict(self, latents: torch.Tensor, timestep: int, conditioning: TextConditioning | torch.Tensor) -> torch.Tensor:
+        """The UNet's raw output (ε, v or x0 by the scheduler's prediction type), as float32.
+
+        `conditioning` is a TextConditioning, or for SD 1.x/2.x its token embeddings alone.
+        """
+        cond = TextConditioning.of(conditioning)
+        t = torch.tensor(timestep, device=self.device)
+        out = self.unet(latents.to(self.dtype), t, encoder_hidden_states=cond.tokens.to(self.dtype),
+                        added_cond_kwargs=self.added_conditioning(cond, latents)).sample
+        return out.float()
+
+    # -- images ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """z0 = VAE posterior mean × scaling factor, for an image (B,3,H,W) in [-1,1]."""
+        x = image.to(self.device, self.vae.dtype)
+        return self.vae.encode(x).latent_dist.mean * self.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Image (B,3,H,W) in [-1,1], float32, from latents; one at a time, so results do not depend on the batch."""
+        z = latents.to(self.device, self.vae.dtype) / self.scaling_factor
+        return torch.cat([self.vae.decode(z[i : i + 1]).sample for i in range(z.shape[0])]).float().clamp(-1, 1)
+
+    def check_size(self, size: tuple[int, int]) -> None:
+        """Raise SizeError unless (width, height) fits the model's downsampling and the device's memory."""
+        m = self.size_multiple
+        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size) or min(size) <= 0:
+            raise SizeError(f"image size {size!r} must be two positive whole numbers — use e.g. "
+                            f"--size {self.default_size[0]}x{self.default_size[1]}")
+        if size[0] % m or size[1] % m:
+            raise SizeError(f"image size {size[0]}x{size[1]} is not a multiple of {m} for this model — use e.g. "
+                            f"--size {self.default_size[0]}x{self.default_size[1]}")
+        needed, available = self.memory_needed(size), available_memory(self.device)
+        if needed > available:
+            raise SizeError(f"image size {size[0]}x{size[1]} needs at least {needed / 2**30:,.1f} GiB on "
+                            f"{self.device.type} with this model, {available / 2**30:,.1f} GiB is available — "
+                            f"use a smaller --size, e.g. {self.default_size[0]}x{self.default_size[1]}")
+
+    def memory_needed(self, size: tuple[int, int]) -> int:
+        """A lower bound of the bytes one inversion or edit of a (width, height) image needs beyond the weights.
+
+        The photo in its forms (uint8, float64, float32), the VAE's full-resolution activations (3 live
+        feature maps of its first block's width), its mid-block attention over the latent pixels, and
+        one set of attention probabilities (batch 2 × heads × pixels²) at the UNet's finest attention
+        level. Nothing is allocated.
+        """
+        W, H = size
+        f, unet = self.vae_scale_factor, self.unet.config
+        pixels, latent_pixels = W * H, (W // f) * (H // f)
+        bytes_per = 2 if self.dtype in (torch.float16, torch.bfloat16) else 4
+        photo = pixels * 3 * (1 + 8 + 4)
+        vae = pixels * 3 * int(self.vae.config.block_out_channels[0]) * 4 + latent_pixels**2 * 4
+        heads = unet.num_attention_heads or unet.attention_head_dim
+        attention = 0
+        for level, block in enumerate(unet.down_block_types):
+            if "Attn" in block:
+                n = latent_pixels // 4**level
+                level_heads = heads[level] if isinstance(heads, (list, tuple)) else heads
+                attention = max(attention, 2 * int(level_heads) * n * n * bytes_per)
+        return int(photo + vae + attention)
+
+
+def check_prompt_text(prompt) -> None:
+    """Raise PromptError unless `prompt` is a string of valid Unicode (no undecodable bytes)."""
+    if not isinstance(prompt, str):
+        raise PromptError(f"the prompt must be text, got {type(prompt).__name__}")
+    problem = utf8_problem(prompt)
+    if problem:
+        raise PromptError(f"the prompt is not valid UTF-8 ({problem}) — pass the caption as UTF-8 text")
+
+
+def utf8_problem(text: str) -> str | None:
+    """Where `text` cannot be written as UTF-8 ("byte 0xe9 at character 4": an undecodable byte kept as a
+    surrogate escape; "U+D800 at character 1": a lone surrogate), or None if it can."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start]
+        byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
+        return f"{byte} at character {e.start + 1}"
+    return None

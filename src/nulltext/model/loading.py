@@ -1,0 +1,275 @@
+"""Loading a model: the bundled one, a hub id (cache first), a diffusers folder or a single checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from nulltext.errors import first_line
+from nulltext.model.compute import Model
+from nulltext.model.device import resolve_device, resolve_dtype
+from nulltext.model.errors import ModelLoadError
+from nulltext.model.refusals import check_architecture, check_checkpoint_keys, check_folder
+
+BUNDLED = "bundled"
+
+
+def bundled_model_path() -> Path:
+    return Path(__file__).parents[1] / "bundled" / "model"
+
+
+def weights_identity(*modules: torch.nn.Module, extra: dict | None = None) -> str:
+    """A short, dtype- and device-independent hash of the weights.
+
+    Hashes every tensor's name and shape and 64 values spread through it, rounded to float16, so
+    that the same weights stored or loaded in fp32 or fp16, on any device, give the same identity
+    while any fine-tune changes it. (Weights stored in bf16 are a different, rounded model.)
+    """
+    h = hashlib.sha256()
+    for m in modules:
+        for name, t in sorted(m.state_dict().items()):
+            flat = t.detach().flatten()
+            idx = torch.linspace(0, flat.numel() - 1, min(64, flat.numel()), device=flat.device).long()
+            values = flat[idx].float().to(torch.float16).view(torch.int16).cpu().numpy().tobytes()
+            h.update(name.encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(values)
+    if extra:
+        h.update(json.dumps(extra, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _ddim_config(config: dict) -> dict:
+    """The model's scheduler config read as a DDIM config (what every SD pipeline does)."""
+    from diffusers import DDIMScheduler
+
+    return dict(DDIMScheduler.from_config(config).config)
+
+
+def load_model(source: str | Path | None = None, device: str | torch.device | None = None,
+               dtype: str | torch.dtype | None = None, allow_pickle: bool = False,
+               config: str | Path | None = None) -> Model:
+    """Load an SD 1.x/2.x or SDXL model: "bundled", a hub id, a diffusers folder or one checkpoint file.
+
+    A local folder or file never causes a network request. A hub id is read from the local Hugging
+    Face cache first; only if it is not there is the hub asked, after a quick check that it can be
+    reached. A single checkpoint file is converted by diffusers' `from_single_file`, with the
+    component configs from `config` (a local diffusers folder of the same family, e.g. one
+    `save_pretrained` wrote) or else from the local Hugging Face cache. A pickled .ckpt can run code
+    when loaded and is refused unless `allow_pickle`. Models of other architectures are refused
+    before their weights are read where their configs allow it. Every failure is one ModelLoadError line.
+    """
+    source = BUNDLED if source in (None, "", BUNDLED) else str(source)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    try:
+        with _quiet_loading():
+            c = _load_components(source, allow_pickle, None if config is None else Path(config).expanduser())
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure of the loaders becomes one clear line
+        raise ModelLoadError(
+            f"cannot load model {source!r}: {first_line(e, 160)} — pass --model with a diffusers folder, "
+            "a .safetensors file, or a hub id that is cached locally"
+        ) from None
+    unet, vae, text_encoder, text_encoder_2 = c["unet"], c["vae"], c["text_encoder"], c.get("text_encoder_2")
+    tokenizer_2 = c.get("tokenizer_2")
+    if tokenizer_2 is not None and tokenizer_2.model_max_length != c["tokenizer"].model_max_length:
+        raise ModelLoadError(f"cannot load model {source!r}: its two tokenizers read {c['tokenizer'].model_max_length} "
+                             f"and {tokenizer_2.model_max_length} tokens; SDXL's token features are joined position by "
+                             "position — pass a model whose tokenizers agree")
+    check_architecture(source, None, unet.config, vae.config, text_encoder.config if text_encoder else None,
+                       text_encoder_2.config if text_encoder_2 is not None else None)
+    encoders = [m for m in (text_encoder, text_encoder_2) if m is not None]
+    for m in (unet, vae, *encoders):
+        m.requires_grad_(False).eval()
+    extra = {"prediction_type": c["scheduler_config"].get("prediction_type"), "vocab": len(c["tokenizer"]),
+             "scaling_factor": float(vae.config.scaling_factor)}
+    identity = weights_identity(unet, vae, *encoders, extra=extra)
+    with _quiet_loading():
+        unet.to(dev, dt)
+        for m in encoders:
+            m.to(dev, dt)
+        # SD's and SDXL's VAEs overflow in fp16; their configs say so with force_upcast (diffusers' default)
+        upcast = dt == torch.float16 and vae.config.get("force_upcast", True)
+        vae.to(dev, torch.float32 if upcast else dt)
+    return Model(unet, vae, text_encoder, c["tokenizer"], c["scheduler_config"], source, identity,
+                 text_encoder_2, c.get("tokenizer_2"))
+
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """diffusers', transformers' and huggingface_hub's log lines, bars and warnings are not ours to print."""
+    import diffusers
+    import transformers
+
+    names = ("diffusers", "transformers", "huggingface_hub", "httpx")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    libs = [lib.utils.logging for lib in (diffusers, transformers)]
+    bars = [lib.is_progress_bar_enabled() for lib in libs]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        for lib in libs:
+            lib.disable_progress_bar()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        for lib, enabled in zip(libs, bars):
+            if enabled:
+                lib.enable_progress_bar()
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connection to the hub's host: no retries, no log lines."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _no_network() -> Iterator[None]:
+    """huggingface_hub offline for a local load: `local_files_only` alone still lets it fetch its own
+    metadata (e.g. an agent registry when building request headers)."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")  # read now, not at import
+
+
+def _load_components(source: str, allow_pickle: bool = False, config: Path | None = None) -> dict:
+    path = bundled_model_path() if source == BUNDLED else Path(source).expanduser()
+    if source == BUNDLED and not (path / "model_index.json").exists():
+        raise ModelLoadError(f"the bundled model is missing at {path} — reinstall nulltext or train it with "
+                             "`python -m nulltext.bundled.train`")
+    if path.is_file():
+        with _no_network():
+            return _load_single_file(source, path, allow_pickle, config)
+    if path.exists() and not path.is_dir():
+        raise ModelLoadError(f"cannot load model {source!r}: not a folder or a checkpoint file — pass a diffusers "
+                             "folder or a .safetensors checkpoint")
+    if path.is_dir():
+        check_folder(source, path)
+        with _no_network():
+            return _from_pretrained(str(path), local_files_only=True, scheduler_file=path / "scheduler" / "scheduler_config.json")
+    if source.startswith((".", "/", "~")) or source.count("/") != 1 or Path(source).suffix in (".safetensors", ".ckpt"):
+        raise ModelLoadError(f"cannot load model {source!r}: no such folder or file — pass a diffusers folder, a "
+                             ".safetensors file or a hub id (owner/name)")
+    try:  # a hub id: the local cache first, never the network for what is there
+        with _no_network():
+            return _from_pretrained(source, local_files_only=True)
+    except ModelLoadError:
+        raise
+    except Exception:  # noqa: BLE001 - not (completely) cached
+        if _offline():
+            raise ModelLoadError(f"cannot load model {source!r}: it is not in the local Hugging Face cache and "
+                                 "HF_HUB_OFFLINE is set — download it once online, or pass a local folder") from None
+    if not _hub_reachable():
+        raise ModelLoadError(f"cannot load model {source!r}: it is not in the local Hugging Face cache and the hub "
+                             "cannot be reached (no network?) — connect once to download it, or pass a local folder")
+    return _from_pretrained(source, local_files_only=False)
+
+
+def _from_pretrained(where: str, local_files_only: bool, scheduler_file: Path | None = None) -> dict:
+    """The components of a diffusers pipeline folder or hub id (SD 1.x/2.x, or SDXL's two encoders)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    kw = {"local_files_only": local_files_only}
+    index = DiffusionPipeline.load_config(where, **kw)
+    sdxl = bool(index.get("text_encoder_2")) and index["text_encoder_2"][0] is not None
+    if scheduler_file is None:  # a hub id: its configs say what it is before any weights come
+        configs = [UNet2DConditionModel.load_config(where, subfolder="unet", **kw),
+                   AutoencoderKL.load_config(where, subfolder="vae", **kw)]
+        configs += [CLIPTextConfig.from_pretrained(where, subfolder=name, **kw)
+                    if index.get(name) and index[name][0] is not None else None
+                    for name in ("text_encoder", "text_encoder_2")]
+        check_architecture(where, str(index.get("_class_name")), *configs)
+    c = {"unet": UNet2DConditionModel.from_pretrained(where, subfolder="unet", **kw),
+         "vae": AutoencoderKL.from_pretrained(where, subfolder="vae", **kw),
+         "text_encoder": CLIPTextModel.from_pretrained(where, subfolder="text_encoder", **kw),
+         "tokenizer": CLIPTokenizer.from_pretrained(where, subfolder="tokenizer", **kw)}
+    if sdxl:
+        c["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(where, subfolder="text_encoder_2", **kw)
+        c["tokenizer_2"] = CLIPTokenizer.from_pretrained(where, subfolder="tokenizer_2", **kw)
+    if scheduler_file is not None:
+        scheduler_config = json.loads(scheduler_file.read_text())
+    else:
+        scheduler_config = dict(DDIMScheduler.from_pretrained(where, subfolder="scheduler", **kw).config)
+    c["scheduler_config"] = _ddim_config(scheduler_config)
+    return c
+
+
+def _load_single_file(source: str, path: Path, allow_pickle: bool, config: Path | None = None) -> dict:
+    """One .safetensors (or, allowed by name, a pickled .ckpt) checkpoint via diffusers' from_single_file.
+
+    Never reaches the network: the component configs come from `config`, a local diffusers folder of
+    the checkpoint's family and size, or else from the local Hugging Face cache.
+    """
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if path.suffix not in (".safetensors", ".ckpt"):
+        raise ModelLoadError(f"cannot load model {source!r}: a single-file model must be .safetensors or .ckpt — "
+                             "pass a diffusers folder or a .safetensors checkpoint")
+    if path.suffix == ".ckpt" and not allow_pickle:
+        raise ModelLoadError(f"cannot load model {source!r}: a .ckpt is a pickle, which can run code when loaded — "
+                             "convert it to .safetensors, or pass --allow-pickle if you trust its source")
+    sdxl = check_checkpoint_keys(source, path) if path.suffix == ".safetensors" else None
+    index = None
+    if config is not None:
+        if not config.is_dir():
+            raise ModelLoadError(f"cannot load model {source!r}: its config {str(config)!r} is not a folder — pass a "
+                                 "diffusers folder of the same model family (as save_pretrained writes it)")
+        index = check_folder(str(config), config)
+        folder_sdxl = bool(index.get("text_encoder_2")) and index["text_encoder_2"][0] is not None
+        if sdxl is not None and sdxl != folder_sdxl:
+            raise ModelLoadError(f"cannot load model {source!r}: it is an {'SDXL' if sdxl else 'SD 1.x/2.x'} checkpoint "
+                                 f"but its config {str(config)!r} is for {'SDXL' if folder_sdxl else 'SD 1.x/2.x'} — "
+                                 "pass a config folder of the checkpoint's family")
+        sdxl = folder_sdxl
+    pipeline = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+    family = "an SDXL" if sdxl else "a Stable Diffusion 1.x/2.x"
+    kwargs = {} if sdxl else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    try:
+        pipe = pipeline.from_single_file(str(path), local_files_only=True,
+                                         config=None if config is None else str(config), **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load model {source!r} as {family} checkpoint: "
+                             f"{first_line(e, 120)} — pass --model-config with a local diffusers folder of "
+                             "this model family (or have its configs in the Hugging Face cache)") from None
+    c = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
+         "scheduler_config": _ddim_config(dict(pipe.scheduler.config))}
+    if sdxl:
+        c.update(text_encoder_2=pipe.text_encoder_2, tokenizer_2=pipe.tokenizer_2)
+    return c

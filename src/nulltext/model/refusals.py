@@ -1,0 +1,131 @@
+"""Which architectures nulltext drives, and one-line refusals of the others (folders, configs, checkpoints)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+from nulltext.errors import first_line, short
+from nulltext.model.errors import ModelLoadError
+
+# Pipelines whose components nulltext drives, by the `_class_name` of their model_index.json: one
+# UNet2DConditionModel on the VAE's latents, one CLIP text encoder (SDXL: two, the second with a
+# projection that gives the pooled embedding). To support a family, add it here and give `Model`
+# what differs (DESIGN.md: "Model families").
+SUPPORTED_PIPELINES = {
+    "StableDiffusionPipeline": "Stable Diffusion 1.x/2.x",
+    "StableDiffusionImg2ImgPipeline": "Stable Diffusion 1.x/2.x",
+    "StableDiffusionXLPipeline": "SDXL",
+    "StableDiffusionXLImg2ImgPipeline": "SDXL",
+}
+# Known pipelines that are not supported, and what they are, for a clearer refusal.
+UNSUPPORTED_PIPELINES = {
+    "StableDiffusion3Pipeline": "Stable Diffusion 3 (a transformer, no UNet)", "FluxPipeline": "Flux (a transformer)",
+    "StableDiffusionXLInpaintPipeline": "an SDXL inpainting model (9-channel UNet)",
+    "StableDiffusionImageVariationPipeline": "an image-variation model (conditioned on an image, no text encoder)",
+    "StableUnCLIPImg2ImgPipeline": "an unCLIP image-variation model",
+    "StableDiffusionInpaintPipeline": "an inpainting model (9-channel UNet)",
+    "StableDiffusionDepth2ImgPipeline": "a depth-conditioned model", "StableDiffusionUpscalePipeline": "an upscaler",
+    "PixArtAlphaPipeline": "PixArt (a transformer)", "KandinskyV22Pipeline": "Kandinsky",
+}
+SUPPORTED_TEXT = "nulltext supports " + " and ".join(dict.fromkeys(SUPPORTED_PIPELINES.values())) + \
+    " UNet models (" + ", ".join(SUPPORTED_PIPELINES) + ")"
+
+
+def _get(config: Any, key: str, default: Any = None) -> Any:
+    """A config value: diffusers' configs are dicts, transformers' objects."""
+    return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
+
+
+def check_architecture(source: str, pipeline: str | None, unet: Any, vae: Any, text_encoder: Any,
+                       text_encoder_2: Any = None) -> None:
+    """Raise ModelLoadError unless the configs describe a model nulltext can drive (SUPPORTED_PIPELINES).
+
+    One UNet2DConditionModel on the VAE's latents (as many channels in and out), conditioned through
+    cross-attention on CLIP token features and, with SDXL's `text_time` added embedding, on a pooled
+    embedding of a second encoder plus the six size ids; nothing else added to its time embedding.
+    """
+    def refuse(found: str) -> None:
+        raise ModelLoadError(f"cannot load model {source!r}: it is {found} — {SUPPORTED_TEXT}")
+
+    if pipeline is not None and pipeline not in SUPPORTED_PIPELINES:
+        refuse(f"a {pipeline}" + (f", {UNSUPPORTED_PIPELINES[pipeline]}" if pipeline in UNSUPPORTED_PIPELINES else ""))
+    if unet is None or vae is None:
+        refuse("missing its " + ("UNet" if unet is None else "VAE"))
+    if text_encoder is None:
+        refuse("a model without a text encoder (an image-variation model, or an SDXL refiner?)")
+    latent, c_in, c_out = _get(vae, "latent_channels", 4), _get(unet, "in_channels"), _get(unet, "out_channels")
+    if c_in != latent or c_out != latent:
+        refuse(f"a model whose UNet takes {c_in} and gives {c_out} channels while its VAE makes {latent} "
+               "(an inpainting or depth model?)")
+    added, classes = _get(unet, "addition_embed_type"), _get(unet, "class_embed_type")
+    if classes is not None or added not in (None, "text_time"):
+        refuse(f"a model with extra UNet conditioning ({added or classes}, e.g. an upscaler or image-variation model)")
+    hidden = _get(text_encoder, "hidden_size")
+    if added == "text_time":
+        if text_encoder_2 is None:
+            refuse("a UNet with SDXL's text_time added embedding but no second text encoder for its pooled embedding")
+        pooled, ids = _get(text_encoder_2, "projection_dim"), _get(unet, "addition_time_embed_dim")
+        expected = _get(unet, "projection_class_embeddings_input_dim")
+        if not isinstance(ids, int) or expected != 6 * ids + pooled:
+            refuse(f"an SDXL-type UNet whose added embedding takes {expected} values, not 6 size ids × {ids} + the "
+                   f"{pooled}-wide pooled embedding (an SDXL refiner with aesthetic-score ids?)")
+        hidden = hidden + _get(text_encoder_2, "hidden_size")
+    elif text_encoder_2 is not None:
+        refuse("a model with a second text encoder but a UNet without SDXL's added text-time embedding")
+    if _get(unet, "cross_attention_dim") != hidden:
+        refuse(f"a model whose UNet attends to {_get(unet, 'cross_attention_dim')}-wide text features while its text "
+               f"encoder{'s give' if text_encoder_2 is not None else ' gives'} {hidden}")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def check_folder(source: str, path: Path) -> dict:
+    """Refuse a diffusers folder of another architecture from its configs, before any weights are read; its index."""
+    index = _read_json(path / "model_index.json")
+    if index is None:
+        raise ModelLoadError(f"cannot load model {source!r}: the folder has no readable model_index.json — pass a "
+                             "diffusers folder (as written by save_pretrained), a .safetensors file or a hub id")
+    if "transformer" in index and "unet" not in index:
+        pipeline = str(index.get("_class_name"))
+        raise ModelLoadError(f"cannot load model {source!r}: it is a {pipeline}, a diffusion transformer (no UNet) — "
+                             f"{SUPPORTED_TEXT}")
+    configs = {name: _read_json(path / name / "config.json") for name in ("unet", "vae", "text_encoder", "text_encoder_2")}
+    check_architecture(source, str(index.get("_class_name")), *configs.values())
+    return index
+
+
+# tensor-name prefixes of an original-format (CompVis/Stability) checkpoint: SD 1.x/2.x, and SDXL's two encoders
+_SD_PREFIXES = ("model.diffusion_model.input_blocks.", "first_stage_model.", "cond_stage_model.")
+_SDXL_PREFIXES = ("model.diffusion_model.input_blocks.", "first_stage_model.", "conditioner.embedders.")
+
+
+def check_checkpoint_keys(source: str, path: Path) -> bool:
+    """Refuse a .safetensors file that is not an original-format SD 1.x/2.x or SDXL checkpoint; True for SDXL."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for bad files
+        raise ModelLoadError(f"cannot load model {source!r}: not a readable .safetensors file "
+                             f"({first_line(e, 80)}) — pass a Stable Diffusion checkpoint") from None
+    for prefixes, sdxl in ((_SD_PREFIXES, False), (_SDXL_PREFIXES, True)):
+        if all(any(k.startswith(p) for k in keys) for p in prefixes):
+            return sdxl
+    missing = [p for p in _SD_PREFIXES if not any(k.startswith(p) for k in keys)]
+    if any(k.startswith(("model.diffusion_model.joint_blocks.", "double_blocks.", "transformer_blocks.")) for k in keys):
+        found = "a transformer (SD3/Flux-like) checkpoint"
+    else:
+        found = f"not a Stable Diffusion checkpoint ({len(keys)} tensors, e.g. {short(keys[0], 40)!r}" \
+                if keys else "not a Stable Diffusion checkpoint (no tensors"
+        found += f"; none named {missing[0]}*)"
+    raise ModelLoadError(f"cannot load model {source!r}: it is {found} — {SUPPORTED_TEXT}")
