@@ -24,11 +24,11 @@ from PIL import Image
 
 from nulltext.batch import (MAX_DEPTH, MAX_TEXT, RESULTS, BatchConfig, append_result,
                             read_manifest, read_results, run_manifest)
-from nulltext.bundled import data
 from nulltext.cli import main
 from nulltext.io.images import ImageError, load_image, load_mask
 from nulltext.io.outputs import TEMP_SUFFIX
 from nulltext.evaluation.pie_bench import PieBenchError, encode_mask, read_mapping
+from test_batch import _photos
 
 FAST = {"num_steps": 2, "inner_steps": 1}
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,15 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _photos(folder: Path, n: int, size: int) -> list[tuple[str, str]]:
-    out = []
-    for i in range(n):
-        image, caption = data.sample("test", i, size)
-        image.save(folder / f"p{i}.png")
-        out.append((f"p{i}.png", caption))
-    return out
 
 
 def _jsonl(path: Path, lines: list, bom: bool = False) -> Path:
