@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -30,11 +29,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from nulltext import __version__  # noqa: E402
 from nulltext.app_uploads import GatedBlocks  # noqa: E402
 from nulltext.bundled import data  # noqa: E402
 from nulltext.editing.from_inversion import attention_maps, edit  # noqa: E402
-from nulltext.io.images import load_image, save_png, to_pil, to_tensor  # noqa: E402
+from nulltext.io.images import load_image, output_metadata, save_png, to_pil, to_tensor  # noqa: E402
 from nulltext.inversion.null_text import Inversion, InversionConfig, Method, StepReport, invert  # noqa: E402
 from nulltext.inversion.file import load_inversion, save_inversion  # noqa: E402
 from nulltext.evaluation.metrics import psnr  # noqa: E402
@@ -131,8 +129,7 @@ class WebApp:
             with self._model_job("invert"):
                 try:
                     inversion = invert(self.model, to_tensor(photo.image), caption, config, step,
-                                       photo=torch.from_numpy(np.asarray(photo.image).copy()),
-                                       crop_box=photo.crop_box, source_path=Path(photo_path).name)
+                                       **photo.provenance(Path(photo_path).name))
                 except Cancelled as stop:
                     return _cancelled(session, str(stop))
                 progress(1.0, desc="attention maps and reconstruction")
@@ -222,10 +219,8 @@ class WebApp:
         settings["blend_mask"] = "drawn in the app" if config.blend_mask is not None else None
         paths = []
         for j, (image, target) in enumerate(zip(images, prompts)):
-            meta = {"nulltext_version": __version__, "model": self.model.source, "model_identity": self.model.identity,
-                    "source_prompt": inversion.prompt, "kind": "edit", "target_prompt": target,
-                    "inversion_method": inversion.config.method, "num_steps": str(inversion.num_steps),
-                    **{k: json.dumps(v) for k, v in settings.items()}}
+            meta = output_metadata(self.model, inversion.prompt, "edit", target_prompt=target,
+                                   inversion_method=inversion.config.method, num_steps=inversion.num_steps, **settings)
             paths.append(save_png(image, folder / f"edit_{j + 1:02d}_{_slug(target) or 'edit'}.png", meta))
         return paths
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
 from nulltext.editing.from_inversion import edit, reconstruct
-from nulltext.io.images import load_image, make_grid, read_png_metadata, save_png, to_pil, to_tensor
+from nulltext.io.images import load_image, make_grid, output_metadata, read_png_metadata, save_png, to_pil, to_tensor
 from nulltext.inversion.null_text import Inversion, InversionConfig, invert
 from nulltext.inversion.file import save_inversion
-from nulltext.evaluation.metrics import psnr
+from nulltext.evaluation.metrics import psnr, vae_bound
 from nulltext.model import Model
 from nulltext.io.outputs import check_outputs
 from nulltext.editing.prompt_to_prompt import EditConfig
@@ -71,8 +69,7 @@ def invert_demo_photo(model: Model, quiet: bool = False) -> tuple[Image.Image, I
         bar.set_postfix(iters=report.inner_iterations, loss=f"{report.loss:.2e}")
 
     inversion = invert(model, to_tensor(photo.image), prompt, config, progress,
-                       photo=torch.from_numpy(np.asarray(photo.image).copy()), crop_box=photo.crop_box,
-                       source_path=DEMO_PHOTO.name)
+                       **photo.provenance(DEMO_PHOTO.name))
     bar.close()
     return photo.image, inversion
 
@@ -81,13 +78,12 @@ def demo_grid(model: Model, photo: Image.Image, inversion: Inversion, quiet: boo
               ) -> tuple[Image.Image, float, float]:
     """The labelled grid (photo, reconstruction, the demo edits), reconstruction PSNR and the VAE-only bound."""
     rec = to_pil(reconstruct(model, inversion))[0]
-    vae_only = to_pil(model.decode_latents(model.encode_image(to_tensor(photo))))[0]
     images, labels = [photo, rec], ["photo: " + inversion.prompt, "reconstruction"]
     for e in tqdm(demo_edits(), desc="edits", disable=quiet, leave=False):
         result = edit(model, inversion, [e.target], e.config)
         images.append(to_pil(result.images[1:])[0])
         labels.append(f"{e.label}: {e.target}")
-    return make_grid(images, labels, columns=3), psnr(rec, photo), psnr(vae_only, photo)
+    return make_grid(images, labels, columns=3), psnr(rec, photo), vae_bound(model, photo)
 
 
 def run_demo(model: Model, out_dir: Path, force: bool = False, quiet: bool = False) -> DemoResult:
@@ -98,6 +94,6 @@ def run_demo(model: Model, out_dir: Path, force: bool = False, quiet: bool = Fal
     photo, inversion = invert_demo_photo(model, quiet)
     save_inversion(inversion, nti_path, force=force, keep_both=True)
     grid, rec_psnr, vae_psnr = demo_grid(model, photo, inversion, quiet)
-    meta = {"caption": inversion.prompt, "model": model.source, "model_identity": model.identity}
+    meta = output_metadata(model, inversion.prompt, "demo grid")
     save_png(grid, grid_path, meta, force=force, keep_both=True)
     return DemoResult(grid_path, nti_path, rec_psnr, vae_psnr, inversion.wall_time, [grid_path, nti_path])

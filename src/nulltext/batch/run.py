@@ -96,9 +96,8 @@ def _finish(model: Model, task: Task, inversion, out: Path, redo: bool, reused: 
     """Reconstruction PSNR and the edits of one inverted row; its results record."""
     from PIL import Image
 
-    from nulltext import __version__
     from nulltext.editing.from_inversion import edit, reconstruct
-    from nulltext.io.images import load_mask, save_png, to_pil
+    from nulltext.io.images import load_mask, output_metadata, save_png, to_pil
     from nulltext.evaluation.metrics import psnr
 
     start = time.perf_counter()
@@ -112,9 +111,8 @@ def _finish(model: Model, task: Task, inversion, out: Path, redo: bool, reused: 
         if e["mask"]:
             options["blend_mask"] = load_mask(e["mask"], inversion.image_size)
         result = edit(model, inversion, [e["target"]], EditConfig(**options))
-        meta = {"nulltext_version": __version__, "model": model.source, "model_identity": model.identity,
-                "source_prompt": task.prompt, "kind": "edit", "target_prompt": e["target"],
-                "edit_options": json.dumps(e["options"]), "inversion": task.inversion, "row_id": task.id}
+        meta = output_metadata(model, task.prompt, "edit", target_prompt=e["target"], edit_options=e["options"],
+                               inversion=task.inversion, row_id=task.id)
         if e["mask"]:
             meta["blend_mask"] = e["mask"]
         save_png(to_pil(result.images[1:])[0], path, meta, force=True)

@@ -6,12 +6,10 @@ The library is imported inside each command, when it runs: `nulltext --help` sta
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import typing
 from pathlib import Path
 
-from nulltext import __version__
 from nulltext.cli.common import CLIError, _load_model, _progress, _refuse_existing, _settings
 
 
@@ -56,13 +54,6 @@ def _edit_config(args, inversion):
     )
 
 
-def _metadata(model, inversion, **fields) -> dict[str, str]:
-    meta = {"nulltext_version": __version__, "model": model.source, "model_identity": model.identity,
-            "source_prompt": inversion.prompt}
-    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()})
-    return meta
-
-
 def cmd_invert(args) -> None:
     from nulltext.io.images import load_image, to_tensor
     from nulltext.inversion.null_text import InversionConfig, invert
@@ -86,12 +77,7 @@ def cmd_invert(args) -> None:
         bar.update(1)
         bar.set_postfix(t=report.timestep, iters=report.inner_iterations, loss=f"{report.loss:.2e}")
 
-    import numpy as np
-    import torch
-
-    inversion = invert(model, to_tensor(photo.image), args.prompt, config, callback,
-                       photo=torch.from_numpy(np.asarray(photo.image).copy()), crop_box=photo.crop_box,
-                       source_path=str(photo.path))
+    inversion = invert(model, to_tensor(photo.image), args.prompt, config, callback, **photo.provenance())
     bar.close()
     save_inversion(inversion, out, force=args.force, keep_both=True)
     iters = sum(inversion.inner_iterations)
@@ -100,8 +86,8 @@ def cmd_invert(args) -> None:
 
 
 def _psnr_report(model, inversion, image) -> str:
-    from nulltext.io.images import to_pil, to_tensor
-    from nulltext.evaluation.metrics import psnr, ssim
+    from nulltext.io.images import to_pil
+    from nulltext.evaluation.metrics import psnr, ssim, vae_bound
 
     if inversion.photo is None:
         return ""
@@ -109,21 +95,20 @@ def _psnr_report(model, inversion, image) -> str:
 
     photo = Image.fromarray(inversion.photo.numpy())
     rec = to_pil(image)[0]
-    bound = to_pil(model.decode_latents(model.encode_image(to_tensor(photo))))[0]
     return (f"PSNR {psnr(rec, photo):.2f} dB, SSIM {ssim(rec, photo):.4f} against the photo; "
-            f"VAE-only bound {psnr(bound, photo):.2f} dB")
+            f"VAE-only bound {vae_bound(model, photo):.2f} dB")
 
 
 def cmd_reconstruct(args) -> None:
     from nulltext.editing.from_inversion import reconstruct
-    from nulltext.io.images import save_png, to_pil
+    from nulltext.io.images import output_metadata, save_png, to_pil
 
     out = Path(args.output or Path(args.inversion).with_suffix(".png").name)
     _refuse_existing([out], args)
     model, inversion = _open(args)
     image = reconstruct(model, inversion, _step_bar(args, "reconstruct"))
     report = _psnr_report(model, inversion, image)
-    save_png(to_pil(image)[0], out, _metadata(model, inversion, kind="reconstruction"), force=args.force,
+    save_png(to_pil(image)[0], out, output_metadata(model, inversion.prompt, "reconstruction"), force=args.force,
              keep_both=True)
     print(f"wrote {out}")
     if report:
@@ -132,7 +117,7 @@ def cmd_reconstruct(args) -> None:
 
 def cmd_edit(args) -> None:
     from nulltext.editing.from_inversion import edit
-    from nulltext.io.images import make_grid, save_png, to_pil
+    from nulltext.io.images import make_grid, output_metadata, save_png, to_pil
 
     out = Path(args.output)
     names = [out / f"edit_{j + 1:02d}.png" for j in range(max(1, len(args.targets)))] + [out / "grid.png"]
@@ -146,10 +131,10 @@ def cmd_edit(args) -> None:
     if args.mask is not None:
         settings["blend_mask"] = str(args.mask)
     for j, target in enumerate(targets):
-        save_png(images[j + 1], names[j], _metadata(model, inversion, kind="edit", target_prompt=target, **settings),
+        save_png(images[j + 1], names[j], output_metadata(model, inversion.prompt, "edit", target_prompt=target, **settings),
                  force=args.force, keep_both=True)
     labels = [f"source: {inversion.prompt}", *targets]
-    save_png(make_grid(images, labels), names[-1], _metadata(model, inversion, kind="edit grid", targets=targets),
+    save_png(make_grid(images, labels), names[-1], output_metadata(model, inversion.prompt, "edit grid", targets=targets),
              force=args.force, keep_both=True)
     for p in names:
         print(f"wrote {p}")
@@ -157,7 +142,7 @@ def cmd_edit(args) -> None:
 
 def cmd_attention(args) -> None:
     from nulltext.editing.from_inversion import attention_maps
-    from nulltext.io.images import make_grid, save_png
+    from nulltext.io.images import make_grid, output_metadata, save_png
     from nulltext.io.viz import attention_tiles
 
     out = Path(args.output or Path(args.inversion).with_suffix(".attention.png").name)
@@ -165,7 +150,7 @@ def cmd_attention(args) -> None:
     model, inversion = _open(args)
     tokens, maps, image = attention_maps(model, inversion, _step_bar(args, "attention"))
     tiles = attention_tiles(image, maps)
-    save_png(make_grid(tiles, ["reconstruction", *tokens]), out, _metadata(model, inversion, kind="attention maps"),
+    save_png(make_grid(tiles, ["reconstruction", *tokens]), out, output_metadata(model, inversion.prompt, "attention maps"),
              force=args.force, keep_both=True)
     print(f"wrote {out}")
 

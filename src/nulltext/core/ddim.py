@@ -199,23 +199,28 @@ def guided(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tens
 
 
 Predict = Callable[[torch.Tensor, int], torch.Tensor]  # (z_i, i) → model output at (z_i, τ_i)
-AfterStep = Callable[[int, torch.Tensor], "torch.Tensor | None"]  # (i, z_{i−1}) → corrected z_{i−1} or None
+Correct = Callable[[int, torch.Tensor], "torch.Tensor | None"]  # (i, z_{i−1}) → corrected z_{i−1} or None
+Progress = Callable[[int, int], None]  # (steps done, total): the one progress protocol of every sampling loop
 
 
-def sample(predict: Predict, z_T: torch.Tensor, schedule: Schedule, after_step: AfterStep | None = None) -> torch.Tensor:
+def sample(predict: Predict, z_T: torch.Tensor, schedule: Schedule, correct: Correct | None = None,
+           progress: Progress | None = None) -> torch.Tensor:
     """Deterministic DDIM sampling z_T → z_0 (Song et al. 2021, eq. 12 with η = 0).
 
-    `after_step(i, z_{i−1})` sees each new latent and may return a replacement (direct inversion's
-    correction, Prompt-to-Prompt's local blend) or None to keep it; it is also the progress hook.
+    `correct(i, z_{i−1})` may replace each new latent (direct inversion's return to the pivot,
+    Prompt-to-Prompt's local blend) or return None to keep it; `progress(done, total)` hears each step.
     """
-    z = z_T
-    for i in range(schedule.num_steps, 0, -1):
+    z, T = z_T, schedule.num_steps
+    for i in range(T, 0, -1):
         # 1. the model's output at (z_i, τ_i), e.g. classifier-free guided
         out = predict(z, i)
         # 2. one DDIM step to level i − 1
         z = ddim_step(out, z, i, schedule)
         # 3. the caller's correction of z_{i−1}, if any
-        if after_step is not None:
-            corrected = after_step(i, z)
+        if correct is not None:
+            corrected = correct(i, z)
             z = z if corrected is None else corrected
+        # 4. progress
+        if progress is not None:
+            progress(T - i + 1, T)
     return z

@@ -9,17 +9,17 @@ conditional rows in the second half.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from nulltext.core.conditioning import TextConditioning
-from nulltext.core.ddim import Predict, Schedule, guided, sample
+from nulltext.core.ddim import Predict, Progress, Schedule, guided, sample
 
 if TYPE_CHECKING:  # core sits below model: only the type is named here, a model is passed in
     from nulltext.model import Model
 
-StepCallback = Callable[[int, int], None]  # (steps done, total)
+StepCallback = Progress  # (steps done, total)
 
 
 def guided_prediction(model: Model, cond: TextConditioning | torch.Tensor, nulls: TextConditioning | torch.Tensor,
@@ -51,14 +51,11 @@ def guided_ddim(model: Model, latent_T: torch.Tensor, cond: TextConditioning | t
 
     `corrections` (T, C, h, w), from direct inversion, are added after step t at index t − 1.
     """
-    B, T = TextConditioning.of(cond).tokens.shape[-3], schedule.num_steps
+    B = TextConditioning.of(cond).tokens.shape[-3]
     z = latent_T.to(model.device).float().expand(B, -1, -1, -1)
 
-    def after_step(i: int, z_prev: torch.Tensor) -> torch.Tensor | None:
-        if callback is not None:
-            callback(T - i + 1, T)
-        if corrections is not None:  # direct inversion: back onto the pivot
-            return z_prev + corrections[i - 1 : i].to(z_prev)
-        return None
+    def back_on_pivot(i: int, z_prev: torch.Tensor) -> torch.Tensor:  # direct inversion's stored gap
+        return z_prev + corrections[i - 1 : i].to(z_prev)
 
-    return sample(guided_prediction(model, cond, nulls, guidance_scale, schedule), z, schedule, after_step)
+    return sample(guided_prediction(model, cond, nulls, guidance_scale, schedule), z, schedule,
+                  None if corrections is None else back_on_pivot, callback)

@@ -77,17 +77,15 @@ def edit(model: Model, inversion: Inversion, targets: list[str], config: EditCon
         controller.step = T - i  # sampling step 0 … T−1
         return guided(z, i)
 
-    def after_step(i: int, z: torch.Tensor) -> torch.Tensor:
+    def correct(i: int, z: torch.Tensor) -> torch.Tensor:
         if inversion.corrections is not None:  # direct inversion corrects the source row only
             z = torch.cat([z[:1] + inversion.corrections[i - 1 : i].to(z), z[1:]])
         blended = blend.apply(T - i, z)  # local blend: outside the edited region, keep the source
-        if callback is not None:
-            callback(T - i + 1, T)
         return z if blended is None else blended
 
     z_T = inversion.latent_T.to(model.device).float().expand(1 + n, -1, -1, -1)
     with controlled(model.unet, controller):
-        latents = sample(predict, z_T, schedule, after_step)
+        latents = sample(predict, z_T, schedule, correct, callback)
     images = model.decode_latents(latents).cpu()
     masks = blend.masks()
     return EditResult([inversion.prompt, *targets], images, latents.cpu(), None if masks is None else masks.expand(n, -1, -1).cpu())

@@ -91,6 +91,14 @@ def _selected(a: ImageLike, b: ImageLike, data_range: float | None, mask: ArrayL
     return x.reshape(-1), y.reshape(-1), peak
 
 
+def vae_bound(model, photo: Image.Image, z0: torch.Tensor | None = None) -> float:
+    """PSNR of the photo through the VAE alone (encode, decode): the bound any inversion's reconstruction meets."""
+    from nulltext.io.images import to_pil, to_tensor
+
+    z0 = model.encode_image(to_tensor(photo)) if z0 is None else z0
+    return psnr(to_pil(model.decode_latents(z0))[0], photo)
+
+
 def psnr(a: ImageLike, b: ImageLike, data_range: float | None = None, *, mask: ArrayLike | None = None) -> float:
     """Peak signal-to-noise ratio in dB between ``a`` and ``b``; ``inf`` when they are identical.
 

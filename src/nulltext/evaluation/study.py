@@ -37,7 +37,7 @@ from nulltext.io.images import to_pil, to_tensor
 from nulltext.inversion.null_text import (Inversion, InversionConfig, InversionError, invert, loss_scale, null_text_optimise)
 from nulltext.inversion.pivot import ddim_invert, direct_corrections
 from nulltext.io.outputs import publish
-from nulltext.evaluation.metrics import psnr
+from nulltext.evaluation.metrics import psnr, vae_bound
 from nulltext.model import Model
 from nulltext.editing.prompt_to_prompt import EditConfig
 from nulltext.core.sampling import guided_ddim
@@ -182,7 +182,7 @@ def run_ablation(model: Model, photos: list[StudyPhoto], config: AblationConfig,
         x = to_tensor(photo)
         t0 = time.perf_counter()
         z0 = model.encode_image(x).float()
-        psnrs["VAE bound"].append([psnr(to_pil(model.decode_latents(z0))[0], photo)])
+        psnrs["VAE bound"].append([vae_bound(model, photo, z0)])
         seconds["VAE bound"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         pivot = ddim_invert(model, z0, cond, schedule)

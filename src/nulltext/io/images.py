@@ -7,6 +7,7 @@ file and says what to do about it, so the command line can show it as-is.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import stat
@@ -47,6 +48,11 @@ class LoadedImage:
     crop_box: Box
     original_size: Size
     path: str
+
+    def provenance(self, source_path: str | None = None) -> dict:
+        """What an inversion keeps of its photo: the pixels (H, W, 3) uint8, the crop box, the file's name."""
+        return {"photo": torch.from_numpy(np.asarray(self.image).copy()), "crop_box": self.crop_box,
+                "source_path": self.path if source_path is None else source_path}
 
 
 def _one_line(text: str) -> str:
@@ -268,6 +274,17 @@ def _png_info(metadata: dict[str, str] | None) -> PngInfo:
             raise ValueError(f"PNG metadata key {key!r} must be 1-79 ASCII characters")
         info.add_text(key, value)
     return info
+
+
+def output_metadata(model, source_prompt: str, kind: str, **fields) -> dict[str, str]:
+    """The PNG text of an output: nulltext's version, the model and its weights' identity, the source caption,
+    the kind of output, and `fields` (text as it is, anything else as JSON)."""
+    from nulltext import __version__
+
+    meta = {"nulltext_version": __version__, "model": model.source, "model_identity": model.identity,
+            "source_prompt": source_prompt, "kind": kind}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()})
+    return meta
 
 
 def save_png(
