@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench bench-batch bench-fast train clean browser
+.PHONY: demo test test-random bench bench-batch bench-fast train clean browser
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,9 +26,16 @@ browser:
 demo: $(VENV)/.installed
 	$(VENV)/bin/nulltext demo -o demo-out --force
 
-# one test file per worker, a worker per core, one torch thread each (faster than one process on both cores)
+# one test file per worker, a worker per core, one torch thread each (faster than one process on both cores);
+# files and tests in their written order (pytest-randomly off: `make test-random` shuffles them)
 test: $(VENV)/.installed browser
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile --durations=12
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile --durations=12 -p no:randomly
+
+# the suite in a random order of files and tests: make test-random SEED=3 THREADS=2
+SEED ?= 1
+THREADS ?= 1
+test-random: $(VENV)/.installed browser
+	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q -n auto --dist loadfile --randomly-seed=$(SEED)
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/inversion_benchmark.py

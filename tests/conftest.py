@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -137,18 +141,32 @@ def bundled():
 
 
 @pytest.fixture(scope="session")
-def bundled_null_text(bundled):
-    """Null-text inversions (paper defaults) of bundled test photos, each computed once per session."""
+def shared_dir(tmp_path_factory) -> Path:
+    """One folder for every xdist worker of this run (each worker's base temp folder is its child)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = root / "shared"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bundled_null_text(bundled, shared_dir):
+    """Null-text inversions of bundled test photos, each computed once per run across all xdist
+    workers (under a file lock) and handed out as a fresh load, so a test may change what it gets."""
+    from filelock import FileLock
+
     from nulltext.bundled import data
+    from nulltext.inversion import InversionConfig, invert, load_inversion, save_inversion
     from nulltext.io.images import to_tensor
-    from nulltext.inversion import InversionConfig, invert
 
-    cache = {}
-
-    def get(index: int):
-        if index not in cache:
-            image, caption = data.sample("test", index, bundled.default_size[0])
-            cache[index] = invert(bundled, to_tensor(image), caption, InversionConfig())
-        return cache[index]
+    def get(index: int, config: InversionConfig = InversionConfig()):
+        key = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+        path = shared_dir / f"bundled-{index}-{key}.nti"
+        with FileLock(f"{path}.lock"):
+            if not path.exists():
+                image, caption = data.sample("test", index, bundled.default_size[0])
+                save_inversion(invert(bundled, to_tensor(image), caption, config), path)
+        return load_inversion(path, bundled)
 
     return get

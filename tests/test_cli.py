@@ -169,7 +169,7 @@ def test_edit_with_a_drawn_mask(tmp_path, nti, tiny_dir, photo, capsys):
 def test_option_defaults_come_from_the_settings_dataclasses():
     from nulltext.cli import build_parser
     from nulltext.inversion import InversionConfig
-    from nulltext.editing.prompt_to_prompt import EditConfig
+    from nulltext.editing.config import EditConfig
 
     parser = build_parser()
     inv = parser.parse_args(["invert", "p.png", "--prompt", "x"])

@@ -8,7 +8,7 @@ from nulltext.bundled import data
 from nulltext.editing import attention_maps, edit, reconstruct
 from nulltext.io.images import to_tensor
 from nulltext.inversion import InversionConfig, invert
-from nulltext.editing.prompt_to_prompt import EditConfig
+from nulltext.editing.config import EditConfig
 from nulltext.editing.token_alignment import PromptMismatchError
 from numerics import relative_error
 

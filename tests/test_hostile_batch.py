@@ -355,7 +355,8 @@ def test_duplicate_rows_get_their_own_line_once(photos, tiny, tmp_path):
 
 def test_the_ray_extra_includes_ray_client():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert extras["ray"] == ["ray[data,client]>=2.51"]
+    [ray] = extras["ray"]
+    assert ray.startswith("ray[data,client]>=")
     assert "client" in importlib.metadata.metadata("ray").get_all("Provides-Extra")
 
 

@@ -290,7 +290,7 @@ def test_scheduler_configs_diffusers_cannot_use_are_one_line_errors(tiny):
 
 
 def test_settings_checks_hold_in_the_library_and_in_the_file_loader(good_nti, tmp_path):
-    from nulltext.editing.prompt_to_prompt import EditConfig
+    from nulltext.editing.config import EditConfig
 
     for bad in (dict(guidance_scale=math.nan), dict(learning_rate=-1.0), dict(num_steps=0), dict(inner_steps=1.5),
                 dict(method="nope"), dict(pivot_guidance_scale=math.inf)):

@@ -9,7 +9,7 @@ from nulltext.bundled import data
 from nulltext.editing import edit, reconstruct
 from nulltext.io.images import to_pil
 from nulltext.evaluation.metrics import psnr
-from nulltext.editing.prompt_to_prompt import EditConfig
+from nulltext.editing.config import EditConfig
 from numerics import relative_error
 
 def dilate(mask: np.ndarray, r: int) -> np.ndarray:

@@ -52,3 +52,16 @@ def test_errors_show_as_one_line():
     assert one_line(PromptError("the prompt  is empty\n  second line")) == "the prompt is empty"  # no type name
     assert one_line(KeyError("x")) == "KeyError: 'x'" and one_line(RuntimeError()) == "RuntimeError"
     assert first_line(ValueError("ab   cd\nef")) == "ab cd" and first_line(ValueError("ab   cd"), 3) == "ab…"
+
+
+def test_help_and_argument_errors_load_no_heavy_library():
+    """`nulltext --help`, a command's help and a bad argument answer without importing torch or the model libraries."""
+    code = ("import sys\nfrom nulltext.cli import main\n"
+            "for argv in (['--help'], ['invert', '--help'], ['edit', '--help'], ['invert', 'p.png', '--steps', '0'],\n"
+            "             ['invert', 'p.png', '--prompt', 'x', '--method', 'bogus']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code in (0, 2), e.code\n"
+            "print(*sorted(m for m in ('torch', 'diffusers', 'transformers', 'numpy', 'PIL', 'safetensors')\n"
+            "              if m in sys.modules), 'end', file=sys.stderr)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "usage: nulltext invert" in run.stdout and "--steps" in run.stderr and "bogus" in run.stderr
+    assert run.stderr.splitlines()[-1] == "end"  # none of the heavy libraries was imported

@@ -9,7 +9,7 @@ from nulltext.bundled import data
 from nulltext.editing import edit
 from nulltext.inversion import InversionConfig
 from nulltext.model import load_model
-from nulltext.editing.prompt_to_prompt import EditConfig
+from nulltext.editing.config import EditConfig
 from pivot_checks import null_text_against_ddim
 from test_stock_pipeline import stock_reconstruction
 from numerics import relative_error

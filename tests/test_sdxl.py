@@ -13,7 +13,7 @@ from nulltext.editing import attention_maps, edit, reconstruct
 from nulltext.io.images import to_tensor
 from nulltext.inversion import InversionConfig, invert
 from nulltext.inversion.file import InversionFileError, check_model, load_inversion, save_inversion
-from nulltext.editing.prompt_to_prompt import EditConfig
+from nulltext.editing.config import EditConfig
 from nulltext.core.sampling import guided_ddim
 from pivot_checks import null_text_against_ddim
 from numerics import relative_error

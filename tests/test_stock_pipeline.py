@@ -3,10 +3,7 @@
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from nulltext.bundled import data
 from nulltext.editing import reconstruct
-from nulltext.io.images import to_tensor
-from nulltext.inversion import InversionConfig, invert
 
 
 def stock_reconstruction(model, inversion):
@@ -32,9 +29,8 @@ def stock_reconstruction(model, inversion):
     return out.images * 2 - 1  # (1, 3, H, W) in [-1, 1]
 
 
-def test_stock_pipeline_reproduces_our_reconstruction(bundled):
-    image, caption = data.sample("test", 4, bundled.default_size[0])
-    inversion = invert(bundled, to_tensor(image), caption, InversionConfig())
+def test_stock_pipeline_reproduces_our_reconstruction(bundled, bundled_null_text):
+    inversion = bundled_null_text(4)  # the paper's settings, 50 steps
     ours = reconstruct(bundled, inversion)
     theirs = stock_reconstruction(bundled, inversion)
     assert (ours - theirs).abs().max() < 2e-3  # same sampler, two implementations

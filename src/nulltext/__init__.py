@@ -6,8 +6,9 @@ up when first used (PEP 562), so `import nulltext` and the CLI's start stay ligh
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from nulltext.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -16,11 +17,12 @@ _EXPORTS = {
     "load_model": "nulltext.model", "Model": "nulltext.model",
     "load_image": "nulltext.io.images", "to_tensor": "nulltext.io.images", "to_pil": "nulltext.io.images",
     "save_png": "nulltext.io.images", "load_mask": "nulltext.io.images",
-    "InversionConfig": "nulltext.inversion", "Inversion": "nulltext.inversion", "invert": "nulltext.inversion",
+    "InversionConfig": "nulltext.inversion.config", "Inversion": "nulltext.inversion.null_text",
+    "invert": "nulltext.inversion.null_text",
     "invert_batch": "nulltext.inversion.batched",
     "save_inversion": "nulltext.inversion.file", "load_inversion": "nulltext.inversion.file",
-    "reconstruct": "nulltext.editing", "edit": "nulltext.editing", "attention_maps": "nulltext.editing",
-    "EditConfig": "nulltext.editing.prompt_to_prompt",
+    "reconstruct": "nulltext.editing.from_inversion", "edit": "nulltext.editing.from_inversion",
+    "attention_maps": "nulltext.editing.from_inversion", "EditConfig": "nulltext.editing.config",
     "NulltextError": "nulltext.errors",
 }
 __all__ = ["__version__", *_EXPORTS]
@@ -30,19 +32,11 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ impo
     from nulltext.editing.from_inversion import attention_maps, edit, reconstruct
     from nulltext.errors import NulltextError
     from nulltext.io.images import load_image, load_mask, save_png, to_pil, to_tensor
-    from nulltext.inversion.null_text import Inversion, InversionConfig, invert
+    from nulltext.inversion.config import InversionConfig
+    from nulltext.inversion.null_text import Inversion, invert
     from nulltext.inversion.file import load_inversion, save_inversion
     from nulltext.model import Model, load_model
-    from nulltext.editing.prompt_to_prompt import EditConfig
+    from nulltext.editing.config import EditConfig
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'nulltext' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

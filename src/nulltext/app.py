@@ -37,7 +37,7 @@ from nulltext.inversion.null_text import Inversion, InversionConfig, Method, Ste
 from nulltext.inversion.file import load_inversion, save_inversion  # noqa: E402
 from nulltext.evaluation.metrics import psnr  # noqa: E402
 from nulltext.model import Model  # noqa: E402
-from nulltext.editing.prompt_to_prompt import EditConfig, Mode  # noqa: E402
+from nulltext.editing.config import EditConfig, Mode  # noqa: E402
 from nulltext.io.viz import attention_tiles  # noqa: E402
 
 MAX_UPLOAD = 20 << 20  # bytes: photos, masks and .nti files, however sent; Pillow's decompression-bomb limit guards the pixels

@@ -20,7 +20,7 @@ from nulltext.inversion.file import save_inversion
 from nulltext.evaluation.metrics import psnr, vae_bound
 from nulltext.model import Model
 from nulltext.io.outputs import check_outputs
-from nulltext.editing.prompt_to_prompt import EditConfig
+from nulltext.editing.config import EditConfig
 
 DEMO_PHOTO = Path(__file__).parent / "bundled" / "photo.png"
 

@@ -17,7 +17,7 @@ from nulltext.batch.manifest import ManifestError, Row, _clip
 from nulltext.batch.results import EDITS, INVERSIONS, RESULTS, read_results
 from nulltext.inversion.null_text import InversionConfig
 from nulltext.model import Model
-from nulltext.editing.prompt_to_prompt import EditConfig
+from nulltext.editing.config import EditConfig
 from nulltext.settings import SettingsError
 from nulltext import errors
 

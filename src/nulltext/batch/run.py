@@ -16,7 +16,7 @@ from nulltext.batch.plan import BatchConfig, Task, _batches, _edit_options, _fai
 from nulltext.batch.results import EDITS, INVERSIONS, append_result, prepare_output
 from nulltext.model import Model
 from nulltext.io.outputs import remove_stale_temps
-from nulltext.editing.prompt_to_prompt import EditConfig
+from nulltext.editing.config import EditConfig
 
 
 # ---------------------------------------------------------------------------------------------

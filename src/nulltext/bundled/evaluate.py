@@ -111,10 +111,11 @@ def test_scenes(n: int, resolution: int) -> list[data.Scene]:
     return [data.scene("test", i, resolution) for i in range(n)]
 
 
-def evaluate_model(model, n: int = 240, seed: int = 0, guidance_scale: float = 7.5) -> tuple[Score, list[Image.Image]]:
-    """Generate one image per test caption and judge it."""
+def evaluate_model(model, n: int = 240, seed: int = 0, guidance_scale: float = 7.5,
+                   num_steps: int = 50) -> tuple[Score, list[Image.Image]]:
+    """Generate one image per test caption (DDIM, `num_steps` steps) and judge it."""
     scenes = test_scenes(n, model.default_size[0])
-    images = generate(model, [s.caption() for s in scenes], seed, guidance_scale)
+    images = generate(model, [s.caption() for s in scenes], seed, guidance_scale, num_steps)
     return score([judge(im) for im in images], scenes), images
 
 

@@ -16,27 +16,14 @@ from __future__ import annotations
 from collections import Counter
 
 from transformers import CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2/CLIP's reversible byte → character map
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    n = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return dict(zip(printable, map(chr, chars)))
-
-
 def learn_merges(words: list[str]) -> list[tuple[str, str]]:
     """Byte-pair merges, most frequent pair first, until every word is a single symbol."""
-    byte_map = _bytes_to_unicode()
+    byte_map = bytes_to_unicode()
     corpus = {}
     for w in words:
         symbols = [byte_map[b] for b in w.encode("utf-8")]
@@ -66,7 +53,7 @@ def learn_merges(words: list[str]) -> list[tuple[str, str]]:
 
 def build_tokenizer(words: list[str], model_max_length: int) -> CLIPTokenizer:
     """A CLIPTokenizer whose vocabulary is CLIP's byte tokens plus one token per word in `words`."""
-    base = list(_bytes_to_unicode().values())
+    base = list(bytes_to_unicode().values())
     vocab_list = base + [c + "</w>" for c in base]
     merges = learn_merges(sorted(set(words)))
     vocab_list += ["".join(m) for m in merges]

@@ -42,7 +42,7 @@ def _open(args):
 
 def _edit_config(args, inversion):
     from nulltext.io.images import load_mask
-    from nulltext.editing.prompt_to_prompt import EditConfig
+    from nulltext.editing.config import EditConfig
 
     mask = None if args.mask is None else load_mask(args.mask, inversion.image_size)
     return _settings(
@@ -55,8 +55,9 @@ def _edit_config(args, inversion):
 
 
 def cmd_invert(args) -> None:
-    from nulltext.io.images import load_image, to_tensor
-    from nulltext.inversion.null_text import InversionConfig, invert
+    from nulltext.io.images import load_image, open_regular, to_tensor
+    from nulltext.inversion.config import InversionConfig
+    from nulltext.inversion.null_text import invert
     from nulltext.core.ddim import make_schedule
     from nulltext.inversion.file import save_inversion
 
@@ -65,6 +66,7 @@ def cmd_invert(args) -> None:
     config = _settings(InversionConfig, method=args.method, num_steps=args.steps, guidance_scale=args.guidance,
                        inner_steps=args.inner_steps, learning_rate=args.lr, keep_pivot=not args.no_pivot,
                        optimizer="secant" if args.fast else "adam")
+    open_regular(args.photo).close()  # a missing or unreadable photo is refused before the model loads
     model = _load_model(args)
     make_schedule(model.scheduler_config, config.num_steps)  # the scheduler's own step limit
     size = args.size or model.default_size
@@ -208,9 +210,9 @@ def cmd_study(args) -> None:
 
 def cmd_bench(args) -> None:
     from nulltext.evaluation import edit_bench
-    from nulltext.inversion.null_text import InversionConfig
+    from nulltext.inversion.config import InversionConfig
     from nulltext.evaluation.perceptual import PerceptualConfig
-    from nulltext.editing.prompt_to_prompt import TargetNull
+    from nulltext.editing.config import TargetNull
 
     out = Path(args.output)
     _refuse_existing([out / n for n in edit_bench.OUTPUTS], args)

@@ -87,8 +87,8 @@ def _default(config_class, name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nulltext.inversion.null_text import InversionConfig, Method
-    from nulltext.editing.prompt_to_prompt import EditConfig, MaskCombine, Mode, TargetNull
+    from nulltext.inversion.config import InversionConfig, Method
+    from nulltext.editing.config import EditConfig, MaskCombine, Mode, TargetNull
 
     inv, ed = (lambda name: _default(InversionConfig, name)), (lambda name: _default(EditConfig, name))
     common = argparse.ArgumentParser(add_help=False)

@@ -1,8 +1,20 @@
-"""Editing an inversion (Hertz et al. 2022): attention processors that record and rewrite (`attention`),
-token alignment between captions (`token_alignment`), the Prompt-to-Prompt plan and controller with local
-blend (`prompt_to_prompt`), and guided sampling from an inversion under it (`from_inversion`)."""
+"""Editing an inversion (Hertz et al. 2022): the settings (`config`), attention processors that record and
+rewrite (`attention`), token alignment between captions (`token_alignment`), the Prompt-to-Prompt plan and
+controller with local blend (`prompt_to_prompt`), and guided sampling from an inversion under it
+(`from_inversion`). The package exports the public names, each imported on first use (`nulltext.lazy`)."""
 
-from nulltext.editing.from_inversion import EditResult, attention_maps, edit, reconstruct
-from nulltext.editing.prompt_to_prompt import EditConfig
+from __future__ import annotations
 
-__all__ = ["EditConfig", "EditResult", "attention_maps", "edit", "reconstruct"]
+from typing import TYPE_CHECKING
+
+from nulltext.lazy import lazy_exports
+
+_EXPORTS = {"EditConfig": "nulltext.editing.config", **dict.fromkeys(
+    ["EditResult", "attention_maps", "edit", "reconstruct"], "nulltext.editing.from_inversion")}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from nulltext.editing.config import EditConfig
+    from nulltext.editing.from_inversion import EditResult, attention_maps, edit, reconstruct
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -19,7 +19,8 @@ from nulltext.core.ddim import sample
 from nulltext.inversion.null_text import Inversion
 from nulltext.inversion.file import check_model
 from nulltext.model import Model
-from nulltext.editing.prompt_to_prompt import EditConfig, LocalBlend, PromptToPrompt, latent_mask, plan_edit
+from nulltext.editing.prompt_to_prompt import LocalBlend, PromptToPrompt, latent_mask, plan_edit
+from nulltext.editing.config import EditConfig
 from nulltext.core.sampling import StepCallback, guided_ddim, guided_prediction
 
 @torch.no_grad()

@@ -26,15 +26,15 @@ on the bundled model's 16×16 latent those would be 4×4 maps, too coarse to out
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from typing import Literal, get_args
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from nulltext.editing.attention import to_latent_grid
-from nulltext.settings import SettingsError, check_fraction, check_whole
+from nulltext.editing.config import EditConfig, resolve_mode, step_window
+from nulltext.settings import SettingsError
 from nulltext.editing.token_alignment import (
     PromptMismatchError,
     refine_alignment,
@@ -42,83 +42,6 @@ from nulltext.editing.token_alignment import (
     reweight_vector,
     word_token_indices,
 )
-
-Mode = Literal["auto", "replace", "refine"]
-MaskCombine = Literal["union", "intersection"]
-TargetNull = Literal["empty", "inverted"]
-StepRange = float | tuple[float, float]
-
-
-@dataclass
-class EditConfig:
-    """How target prompts edit the source: mode, schedules, re-weighting, local blend."""
-
-    mode: Mode = "auto"  # auto: replace when word counts match, else refine
-    # Unconditional embedding of the target rows. "inverted": the inversion's ∅_t, as the paper does
-    # (Mokady et al. sec. 3.3, "∅_t with P*"). "empty": ψ("") on every row whose caption differs from the
-    # source's; ∅_t then steer the source row (and re-weightings of its caption), which follows the pivot
-    # and lends the targets its attention. ∅_t are fitted to the source row's latents
-    # and caption; on a target row they act as a negative prompt that carries the source's content
-    # (README, "Which defaults differ from the authors'").
-    target_null: TargetNull = "empty"
-    cross_replace: StepRange = 0.8  # fraction of steps (from the start) or (start, end) fractions
-    word_cross_replace: dict[str, StepRange] = field(default_factory=dict)  # per target word
-    self_replace: StepRange = 0.4
-    self_max_fraction: float = 1 / 16  # self-attention replaced on layers with ≤ this share of the latent's pixels
-    self_min_pixels: int = 256  # … and always on layers of 16×16 or smaller
-    reweight: dict[str, float] = field(default_factory=dict)  # target word → attention scale
-    blend_words: list[str] = field(default_factory=list)  # words (source or target) marking the region
-    blend_subtract: list[str] = field(default_factory=list)  # words whose region is kept from the source
-    blend_mask: torch.Tensor | None = None  # (H, W) bool, a user-drawn region at image (or latent) size
-    blend_mask_combine: MaskCombine = "union"  # with blend words: edit where either (union) or both mark
-    blend_threshold: float = 0.3
-    blend_start: float = 0.2  # fraction of steps after which blending starts
-    blend_dilation: float = 1 / 16  # max-pool radius as a fraction of the latent side (the authors' 1 of 16) …
-    blend_min_radius: int = 2  # … and at least this many latent pixels: a mask edge closer than ~2 latent
-    # pixels to the edited object leaves a seam that the VAE decoder spreads into the background
-
-    def __post_init__(self) -> None:
-        """Refuse settings no edit can run with; the CLI and the library say the same."""
-        if self.mode not in get_args(Mode):
-            raise SettingsError(f"unknown edit mode {self.mode!r} — use auto, replace or refine")
-        if self.target_null not in get_args(TargetNull):
-            raise SettingsError(f"unknown target null {self.target_null!r} — use empty or inverted")
-        if self.blend_mask_combine not in get_args(MaskCombine):
-            raise SettingsError(f"unknown mask combination {self.blend_mask_combine!r} — use union or intersection")
-        step_window(self.cross_replace, 1)
-        step_window(self.self_replace, 1)
-        for window in self.word_cross_replace.values():
-            step_window(window, 1)
-        for name, value in (("blend threshold", self.blend_threshold), ("blend start", self.blend_start),
-                            ("self max fraction", self.self_max_fraction), ("blend dilation", self.blend_dilation)):
-            check_fraction(value, name)
-        check_whole(self.self_min_pixels, "self min pixels", 0)
-        check_whole(self.blend_min_radius, "blend min radius", 0)
-        for word, scale in self.reweight.items():
-            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-                raise SettingsError(f"reweight scale {scale!r} of {word!r} must be a finite number, e.g. {word}=2")
-        if self.blend_mask is not None and self.blend_mask.ndim != 2:
-            raise SettingsError(f"blend mask has shape {tuple(self.blend_mask.shape)}, expected (height, width)")
-
-
-def step_window(value: StepRange, num_steps: int) -> tuple[int, int]:
-    """(first, end) sampling-step indices 0 … T of a fraction or (start, end) fractions."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        start, end = 0.0, value
-    elif isinstance(value, (tuple, list)) and len(value) == 2:
-        start, end = value
-    else:
-        raise SettingsError(f"step range {value!r} must be a fraction 0…1 or a (start, end) pair")
-    if not 0.0 <= start <= end <= 1.0:
-        raise SettingsError(f"step range {value!r} must be a fraction 0…1 or (start, end) with 0 ≤ start ≤ end ≤ 1")
-    return int(round(start * num_steps)), int(round(end * num_steps))
-
-
-def resolve_mode(source: str, target: str, mode: Mode) -> Literal["replace", "refine"]:
-    if mode != "auto":
-        return mode
-    return "replace" if len(source.split()) == len(target.split()) else "refine"
-
 
 def _has_word(prompt: str, word: str, tokenizer) -> bool:
     try:

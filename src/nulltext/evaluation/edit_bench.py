@@ -44,7 +44,7 @@ from nulltext.io.images import to_pil, to_tensor
 from nulltext.inversion.null_text import InversionConfig, invert
 from nulltext.io.outputs import publish
 from nulltext.model import Model
-from nulltext.editing.prompt_to_prompt import EditConfig, TargetNull
+from nulltext.editing.config import EditConfig, TargetNull
 from nulltext.errors import first_line
 from nulltext.evaluation.edit_cases import EDIT_TYPES, EditCase, make_case, make_cases  # noqa: F401 - re-exported
 from nulltext.evaluation.pie_bench import background_metrics

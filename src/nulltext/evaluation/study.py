@@ -23,7 +23,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from nulltext.inversion.pivot import ddim_invert, direct_corrections
 from nulltext.io.outputs import publish
 from nulltext.evaluation.metrics import psnr, vae_bound
 from nulltext.model import Model
-from nulltext.editing.prompt_to_prompt import EditConfig
+from nulltext.editing.config import EditConfig
 from nulltext.core.sampling import guided_ddim
 
 
@@ -290,15 +290,20 @@ class GuidanceRow:
     edit_success: float
 
 
+# (label, w at inversion, w at inference, method): the paper's Table (DDIM's four corners and null-text)
+GUIDANCE_SETTINGS = (("DDIM", 1.0, 1.0, "ddim"), ("DDIM", 1.0, 7.5, "ddim"), ("DDIM", 7.5, 1.0, "ddim"),
+                     ("DDIM", 7.5, 7.5, "ddim"), ("null-text", 1.0, 7.5, "null-text"))
+
+
 def run_guidance_table(model: Model, photos: list[StudyPhoto], judge: Judge,
                        progress: Callable[[str], None] | None = None,
-                       null_text: list[Inversion] | None = None) -> list[GuidanceRow]:
+                       null_text: list[Inversion] | None = None,
+                       settings: Sequence[tuple[str, float, float, str]] = GUIDANCE_SETTINGS) -> list[GuidanceRow]:
     """DDIM inversion × inference guidance, and null-text: PSNR and edit success.
 
     `null_text`: the photos' null-text inversions (paper defaults), if already made; else they are made here.
+    `settings`: the table's rows (a subset of GUIDANCE_SETTINGS, say).
     """
-    settings = [("DDIM", 1.0, 1.0, "ddim"), ("DDIM", 1.0, 7.5, "ddim"), ("DDIM", 7.5, 1.0, "ddim"),
-                ("DDIM", 7.5, 7.5, "ddim"), ("null-text", 1.0, 7.5, "null-text")]
     rows = []
     for label, w_inv, w_inf, method in settings:
         ps, ok = [], []

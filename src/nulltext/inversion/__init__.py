@@ -1,15 +1,33 @@
-"""Inverting a photo (Mokady et al. 2023): the DDIM pivot, Algorithm 1 with the paper's Adam or the fast
-secant optimiser as its inner loop, negative-prompt and direct inversion (`null_text`); K photos per UNet
-batch (`batched`); the `Inversion` result's `.nti` file (`file`). The package exports the public names."""
+"""Inverting a photo (Mokady et al. 2023): the settings (`config`), the DDIM pivot (`pivot`), Algorithm 1
+with the paper's Adam or the fast secant optimiser as its inner loop, negative-prompt and direct inversion
+(`null_text`); K photos per UNet batch (`batched`); the `Inversion` result's `.nti` file (`file`). The
+package exports the public names, each imported on first use (`nulltext.lazy`)."""
 
-from nulltext.inversion.batched import invert_batch
-from nulltext.inversion.file import InversionFileError, check_model, load_inversion, save_inversion
-from nulltext.inversion.null_text import (Callback, Inversion, InversionConfig, InversionError, Method, Optimised,
-                                          Optimizer, SecantState, StepReport, adam_descent, invert, loss_scale,
-                                          null_text_optimise, optimise_rows, secant_descent)
-from nulltext.inversion.pivot import ddim_invert, direct_corrections
+from __future__ import annotations
 
-__all__ = ["Callback", "Inversion", "InversionConfig", "InversionError", "InversionFileError", "Method", "Optimised",
-           "Optimizer", "SecantState", "StepReport", "adam_descent", "check_model", "ddim_invert",
-           "direct_corrections", "invert", "invert_batch", "load_inversion", "loss_scale", "null_text_optimise",
-           "optimise_rows", "save_inversion", "secant_descent"]
+from typing import TYPE_CHECKING
+
+from nulltext.lazy import lazy_exports
+
+_MODULES = {
+    "nulltext.inversion.config": ["InversionConfig", "Method", "Optimizer"],
+    "nulltext.inversion.null_text": ["Callback", "Inversion", "InversionError", "Optimised", "SecantState",
+                                     "StepReport", "adam_descent", "invert", "loss_scale", "null_text_optimise",
+                                     "optimise_rows", "secant_descent"],
+    "nulltext.inversion.pivot": ["ddim_invert", "direct_corrections"],
+    "nulltext.inversion.batched": ["invert_batch"],
+    "nulltext.inversion.file": ["InversionFileError", "check_model", "load_inversion", "save_inversion"],
+}
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from nulltext.inversion.batched import invert_batch
+    from nulltext.inversion.config import InversionConfig, Method, Optimizer
+    from nulltext.inversion.file import InversionFileError, check_model, load_inversion, save_inversion
+    from nulltext.inversion.null_text import (Callback, Inversion, InversionError, Optimised, SecantState, StepReport,
+                                              adam_descent, invert, loss_scale, null_text_optimise, optimise_rows,
+                                              secant_descent)
+    from nulltext.inversion.pivot import ddim_invert, direct_corrections
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import os
 import secrets
+import tempfile
 import time
 from nulltext.errors import NulltextError
 from pathlib import Path
@@ -133,9 +134,8 @@ def _nearest_existing(path: Path) -> Path:
 
 def probe_folder(folder: Path) -> None:
     """Create and remove a file in `folder`: the one sure test that it can be written (root ignores modes)."""
-    probe = folder / f".probe.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:  # named like every temp file here (`.NAME.<pid>.<random>.nulltext-part`), so a killed run's is cleaned up
+        fd, probe = tempfile.mkstemp(suffix=TEMP_SUFFIX, prefix=f".probe.{os.getpid()}.", dir=folder)
     except OSError as e:
         raise OutputError(f"cannot write into folder '{folder}': {_reason(e)} — write elsewhere with -o") from None
     os.close(fd)
