@@ -55,3 +55,18 @@ def test_inverse_undoes_step_for_a_fixed_epsilon():
         back = ddim_inverse_step(eps, ddim_step(eps, x, i, s), i, s)
         torch.testing.assert_close(back, x, atol=1e-5, rtol=1e-5)
     assert s.alphas[0] > s.alphas[1] > s.alphas[-1]
+
+
+def test_sampling_reports_each_step_in_the_one_progress_protocol():
+    """`sample` tells its progress callback a StepReport per step (steps done, total, τ), as inversion,
+    studies and benchmarks do; the correction hook is separate and sees the same steps."""
+    from nulltext.core.ddim import sample
+    from nulltext.progress import StepReport
+
+    s = make_schedule(_config("epsilon", "leading"), 7)
+    reports, corrected = [], []
+    sample(lambda z, i: torch.zeros_like(z), torch.ones(1, 4, 2, 2), s,
+                correct=lambda i, z: corrected.append(i), progress=reports.append)
+    assert all(isinstance(r, StepReport) for r in reports) and [r.total for r in reports] == [7] * 7
+    assert [r.step for r in reports] == list(range(1, 8)) and corrected == list(range(7, 0, -1))
+    assert [r.timestep for r in reports] == s.timesteps.flip(0).tolist()  # τ_T first

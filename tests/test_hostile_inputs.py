@@ -591,7 +591,7 @@ def test_ctrl_c_clears_the_progress_bar_and_leaves_nothing(photo, tiny_dir, tmp_
     from nulltext.inversion import StepReport
 
     def interrupted(model, image, prompt, config, callback, **kw):
-        callback(StepReport(1, config.num_steps, 999, 3, 0.5))  # the bar is on screen …
+        callback(StepReport(1, config.num_steps, timestep=999, inner_iterations=3, loss=0.5))  # the bar is on screen …
         raise KeyboardInterrupt  # … when Ctrl-C comes
 
     monkeypatch.setattr("nulltext.inversion.null_text.invert", interrupted)

@@ -12,7 +12,7 @@ MAX_LINES = 450
 
 # lowest first; a module may import its own layer (without a cycle) and the layers below it
 LAYERS = [
-    ("base", ["nulltext.errors", "nulltext.settings", "nulltext.lazy"]),
+    ("base", ["nulltext.errors", "nulltext.settings", "nulltext.lazy", "nulltext.progress"]),
     ("core", ["nulltext.core", "nulltext.bundled.data", "nulltext.bundled.tokenizer", "nulltext.bundled"]),
     ("io", ["nulltext.io"]),
     ("model", ["nulltext.model"]),

@@ -33,7 +33,8 @@ from nulltext.app_uploads import GatedBlocks  # noqa: E402
 from nulltext.bundled import data  # noqa: E402
 from nulltext.editing.from_inversion import attention_maps, edit  # noqa: E402
 from nulltext.io.images import load_image, output_metadata, save_png, to_pil, to_tensor  # noqa: E402
-from nulltext.inversion.null_text import Inversion, InversionConfig, Method, StepReport, invert  # noqa: E402
+from nulltext.inversion.null_text import Inversion, InversionConfig, Method, invert  # noqa: E402
+from nulltext.progress import StepReport  # noqa: E402
 from nulltext.inversion.file import load_inversion, save_inversion  # noqa: E402
 from nulltext.evaluation.metrics import psnr  # noqa: E402
 from nulltext.model import Model  # noqa: E402
@@ -177,8 +178,8 @@ class WebApp:
                                 reweight=_reweights(reweight), blend_words=_words(blend), blend_subtract=_words(keep),
                                 blend_mask=_drawn_mask(mask, inversion.image_size))
 
-            def step(done: int, total: int) -> None:
-                progress((done, total), desc=f"edit step {done}/{total}")
+            def step(report: StepReport) -> None:
+                progress((report.step, report.total), desc=f"edit step {report.step}/{report.total}")
 
             with self._model_job("edit"):
                 result = edit(self.model, inversion, prompts, config, step)

@@ -17,6 +17,7 @@ from nulltext.batch.results import EDITS, INVERSIONS, append_result, prepare_out
 from nulltext.model import Model
 from nulltext.io.outputs import remove_stale_temps
 from nulltext.editing.config import EditConfig
+from nulltext.progress import Progress
 
 
 # ---------------------------------------------------------------------------------------------
@@ -24,7 +25,7 @@ from nulltext.editing.config import EditConfig
 
 
 def run_tasks(model: Model, tasks: list[dict], out: str | Path, redo: bool = False,
-              on_step: Callable | None = None) -> list[dict]:
+              on_step: Progress | None = None) -> list[dict]:
     """Invert (in batches of one setting) and edit the tasks; one results record per task, never raising for a row.
 
     An existing .nti is reused unless `redo`; an existing edit PNG is kept unless `redo`.
@@ -149,7 +150,7 @@ Executor = Callable[[list[dict], Callable[[dict], None]], None]  # (tasks, on_re
 
 def run_manifest(model: Model, rows: list[Row], out: str | Path, config: BatchConfig | None = None,
                  executor: Executor | None = None, on_row: Callable[[dict], None] | None = None,
-                 on_step: Callable | None = None, on_plan: Callable[[int], None] | None = None) -> RunSummary:
+                 on_step: Progress | None = None, on_plan: Callable[[int], None] | None = None) -> RunSummary:
     """Run every unfinished row: plan, execute (locally in batches of K, or by `executor`), log results.jsonl.
 
     `on_plan(n)` hears how many rows this run will report; `on_row(record)` each results record as it is

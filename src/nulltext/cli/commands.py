@@ -14,15 +14,21 @@ from nulltext.cli.common import CLIError, _load_model, _progress, _refuse_existi
 
 
 def _step_bar(args, desc: str):
-    """A tqdm-driven StepCallback and the bar, for sampling loops."""
-    bar = {"bar": None}
+    """A progress callback (`nulltext.progress`) that draws a tqdm bar: one bar per loop, sized by its first
+    report and closed at its last; an inversion's bar shows τ, optimiser iterations and loss, a study's its label."""
+    bar = None
 
-    def callback(done: int, total: int) -> None:
-        if bar["bar"] is None:
-            bar["bar"] = _progress(args, total, desc)
-        bar["bar"].update(1)
-        if done == total:
-            bar["bar"].close()
+    def callback(report) -> None:
+        nonlocal bar
+        if bar is None or report.step == 1:  # a loop begins (a batch run has one per batch)
+            bar = _progress(args, report.total, desc)
+        bar.update(1)
+        if report.label:
+            bar.set_postfix_str(report.label)
+        elif report.loss is not None:
+            bar.set_postfix(t=report.timestep, iters=report.inner_iterations, loss=f"{report.loss:.2e}")
+        if report.step == report.total:
+            bar.close()
 
     return callback
 
@@ -73,14 +79,8 @@ def cmd_invert(args) -> None:
     model.check_size(size)
     model.check_prompt(args.prompt)
     photo = load_image(args.photo, size, crop=args.crop)
-    bar = _progress(args, config.num_steps, "null-text" if config.method == "null-text" else "ddim")
-
-    def callback(report) -> None:
-        bar.update(1)
-        bar.set_postfix(t=report.timestep, iters=report.inner_iterations, loss=f"{report.loss:.2e}")
-
-    inversion = invert(model, to_tensor(photo.image), args.prompt, config, callback, **photo.provenance())
-    bar.close()
+    progress = _step_bar(args, "null-text" if config.method == "null-text" else "ddim")
+    inversion = invert(model, to_tensor(photo.image), args.prompt, config, progress, **photo.provenance())
     save_inversion(inversion, out, force=args.force, keep_both=True)
     iters = sum(inversion.inner_iterations)
     print(f"wrote {out}  ({inversion.wall_time:.1f} s, {iters} Adam iterations"
@@ -184,12 +184,7 @@ def cmd_study(args) -> None:
     from nulltext.evaluation.study_photos import JUDGED_BY, colour_swap_judge, study_photos
 
     out = Path(args.output)
-    bar = _progress(args, None, f"study {args.study}")
-
-    def progress(text: str) -> None:
-        bar.set_description_str(text)
-        bar.update(1)
-
+    progress = _step_bar(args, f"study {args.study}")
     names = ["ablation.png", "ablation.md", "ablation.json"] if args.study == "ablation" else ["guidance.md", "guidance.json"]
     _refuse_existing([out / n for n in names], args)
     model = _load_model(args)
@@ -203,7 +198,6 @@ def cmd_study(args) -> None:
     else:
         rows = study.run_guidance_table(model, photos, colour_swap_judge, progress)
         paths = study.guidance_report(rows, out, args.images, JUDGED_BY)
-    bar.close()
     for p in paths:
         print(f"wrote {p}")
 
@@ -237,14 +231,7 @@ def cmd_bench(args) -> None:
         cases, dataset, config.convention = pie_bench.pie_cases(entries, images, model.default_size), "PIE-Bench", "pie-bench"
     else:
         cases, dataset = edit_bench.make_cases(args.per_type, args.seed, model.default_size[0]), "bundled"
-    bar = _progress(args, len(cases) * len(config.methods), "bench edits")
-
-    def progress(text: str) -> None:
-        bar.set_postfix_str(text)
-        bar.update(1)
-
-    result = edit_bench.run_edit_bench(model, cases, config, progress, dataset)
-    bar.close()
+    result = edit_bench.run_edit_bench(model, cases, config, _step_bar(args, "bench edits"), dataset)
     paths = edit_bench.bench_report(result, out)
     if not args.quiet:
         print(edit_bench.markdown_table(result))
@@ -279,19 +266,13 @@ def cmd_batch(args) -> int:
         print(f"nulltext: warning: {warning}", file=sys.stderr)
     model = _load_model(args)
     rows_bar = _progress(args, len(rows), "rows")
-    steps_bar = _progress(args, None, "steps") if args.ray is None else None  # Ray workers report rows only
+    on_step = _step_bar(args, "steps") if args.ray is None else None  # Ray workers report rows only
     failed = []
 
     def on_row(record: dict) -> None:
         failed.extend([record["row"]] if record["status"] not in ("done", "duplicate") else [])
         rows_bar.update(1)
         rows_bar.set_postfix(failed=len(failed))
-
-    def on_step(report) -> None:
-        if report.step == 1:
-            steps_bar.reset(total=report.total)
-        steps_bar.update(1)
-        steps_bar.set_postfix(iters=report.inner_iterations, loss=f"{report.loss:.2e}")
 
     executor = None
     if args.ray is not None:
@@ -300,11 +281,9 @@ def cmd_batch(args) -> int:
         options = _settings(RayOptions, address=None if args.ray == "local" else args.ray, workers=args.workers,
                             gpus_per_worker=args.gpus_per_worker)
         executor = ray_executor(options, args.model, args.device, args.dtype, args.output, config, args.allow_pickle)
-    summary = run_manifest(model, rows, args.output, config, executor, on_row, on_step if steps_bar is not None else None,
+    summary = run_manifest(model, rows, args.output, config, executor, on_row, on_step,
                            on_plan=lambda pending: rows_bar.reset(total=pending))
-    for bar in (steps_bar, rows_bar):
-        if bar is not None:
-            bar.close()
+    rows_bar.close()
     print(summary.table())
     print(f"results: {Path(args.output) / 'results.jsonl'}")
     for warning in summary.warnings:

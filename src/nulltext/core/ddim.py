@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
+
 from nulltext.errors import NulltextError, first_line, short
+from nulltext.progress import Progress, StepReport
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 
@@ -200,7 +202,6 @@ def guided(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tens
 
 Predict = Callable[[torch.Tensor, int], torch.Tensor]  # (z_i, i) → model output at (z_i, τ_i)
 Correct = Callable[[int, torch.Tensor], "torch.Tensor | None"]  # (i, z_{i−1}) → corrected z_{i−1} or None
-Progress = Callable[[int, int], None]  # (steps done, total): the one progress protocol of every sampling loop
 
 
 def sample(predict: Predict, z_T: torch.Tensor, schedule: Schedule, correct: Correct | None = None,
@@ -208,7 +209,7 @@ def sample(predict: Predict, z_T: torch.Tensor, schedule: Schedule, correct: Cor
     """Deterministic DDIM sampling z_T → z_0 (Song et al. 2021, eq. 12 with η = 0).
 
     `correct(i, z_{i−1})` may replace each new latent (direct inversion's return to the pivot,
-    Prompt-to-Prompt's local blend) or return None to keep it; `progress(done, total)` hears each step.
+    Prompt-to-Prompt's local blend) or return None to keep it; `progress` hears a StepReport each step.
     """
     z, T = z_T, schedule.num_steps
     for i in range(T, 0, -1):
@@ -222,5 +223,5 @@ def sample(predict: Predict, z_T: torch.Tensor, schedule: Schedule, correct: Cor
             z = z if corrected is None else corrected
         # 4. progress
         if progress is not None:
-            progress(T - i + 1, T)
+            progress(StepReport(T - i + 1, T, timestep=schedule.timestep(i)))
     return z

@@ -14,13 +14,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from nulltext.core.conditioning import TextConditioning
-from nulltext.core.ddim import Predict, Progress, Schedule, guided, sample
+from nulltext.core.ddim import Predict, Schedule, guided, sample
+from nulltext.progress import Progress
 
 if TYPE_CHECKING:  # core sits below model: only the type is named here, a model is passed in
     from nulltext.model import Model
-
-StepCallback = Progress  # (steps done, total)
-
 
 def guided_prediction(model: Model, cond: TextConditioning | torch.Tensor, nulls: TextConditioning | torch.Tensor,
                       guidance_scale: float, schedule: Schedule) -> Predict:
@@ -45,7 +43,7 @@ def guided_prediction(model: Model, cond: TextConditioning | torch.Tensor, nulls
 
 def guided_ddim(model: Model, latent_T: torch.Tensor, cond: TextConditioning | torch.Tensor,
                 nulls: TextConditioning | torch.Tensor, schedule: Schedule,
-                guidance_scale: float, callback: StepCallback | None = None,
+                guidance_scale: float, callback: Progress | None = None,
                 corrections: torch.Tensor | None = None) -> torch.Tensor:
     """Guided DDIM (eq. 12, η = 0) from z_T (1 or B, C, h, w) to z_0 with ∅_t at step t.
 

@@ -21,10 +21,11 @@ from nulltext.inversion.file import check_model
 from nulltext.model import Model
 from nulltext.editing.prompt_to_prompt import LocalBlend, PromptToPrompt, latent_mask, plan_edit
 from nulltext.editing.config import EditConfig
-from nulltext.core.sampling import StepCallback, guided_ddim, guided_prediction
+from nulltext.core.sampling import guided_ddim, guided_prediction
+from nulltext.progress import Progress
 
 @torch.no_grad()
-def reconstruct(model: Model, inversion: Inversion, callback: StepCallback | None = None) -> torch.Tensor:
+def reconstruct(model: Model, inversion: Inversion, callback: Progress | None = None) -> torch.Tensor:
     """The inversion's guided reconstruction, an image (1, 3, H, W) in [-1, 1]."""
     check_model(inversion, model)
     cond = model.text_conditioning([inversion.prompt])
@@ -45,7 +46,7 @@ class EditResult:
 
 @torch.no_grad()
 def edit(model: Model, inversion: Inversion, targets: list[str], config: EditConfig | None = None,
-         callback: StepCallback | None = None) -> EditResult:
+         callback: Progress | None = None) -> EditResult:
     """Prompt-to-Prompt edits of an inversion: the source and the targets sampled as one batch.
 
     Row 0 is the source's reconstruction (equal to `reconstruct()` up to float rounding: its attention
@@ -112,7 +113,7 @@ class _CrossAttentionRecorder:
 
 
 @torch.no_grad()
-def attention_maps(model: Model, inversion: Inversion, callback: StepCallback | None = None
+def attention_maps(model: Model, inversion: Inversion, callback: Progress | None = None
                    ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """Average cross-attention per prompt token over steps and layers during the reconstruction.
 

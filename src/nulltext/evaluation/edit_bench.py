@@ -32,7 +32,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -48,6 +47,7 @@ from nulltext.editing.config import EditConfig, TargetNull
 from nulltext.errors import first_line
 from nulltext.evaluation.edit_cases import EDIT_TYPES, EditCase, make_case, make_cases  # noqa: F401 - re-exported
 from nulltext.evaluation.pie_bench import background_metrics
+from nulltext.progress import Progress, StepReport
 
 METHODS = ("null-text", "negative-prompt", "direct", "ddim")
 OWN_NULLS = ("null-text", "negative-prompt")  # methods whose ∅_t differ from ψ("")
@@ -167,14 +167,14 @@ def variant_label(method: str, target_null: str) -> str:
 
 
 def run_edit_bench(model: Model, cases: list[EditCase], config: BenchConfig,
-                   progress: Callable[[str], None] | None = None, dataset: str = "bundled") -> BenchResult:
+                   progress: Progress | None = None, dataset: str = "bundled") -> BenchResult:
     """Invert every case's source once per method, edit it with and without local blend, score each edit."""
     start = time.perf_counter()
     p = perceptual.load_perceptual(config.perceptual)
     records = []
-    for case in cases:
+    for i, case in enumerate(cases):
         x = to_tensor(case.source)
-        for method in config.methods:
+        for j, method in enumerate(config.methods):
             t0 = time.perf_counter()
             inv = invert(model, x, case.source_prompt, replace(config.inversion, method=method, keep_pivot=False))
             t_inv = time.perf_counter() - t0
@@ -200,7 +200,8 @@ def run_edit_bench(model: Model, cases: list[EditCase], config: BenchConfig,
                 records.append(EditRecord(case.case_id, case.edit_type, label, blend, case.source_prompt,
                                           case.target_prompt, case.changed, scores, judged, t_inv, t_edit))
             if progress:
-                progress(f"{case.case_id}: {method}")
+                progress(StepReport(i * len(config.methods) + j + 1, len(cases) * len(config.methods),
+                                    f"{case.case_id}: {method}"))
     per_type: dict[str, int] = {}
     for case in cases:
         per_type[case.edit_type] = per_type.get(case.edit_type, 0) + 1

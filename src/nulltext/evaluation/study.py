@@ -41,6 +41,7 @@ from nulltext.evaluation.metrics import psnr, vae_bound
 from nulltext.model import Model
 from nulltext.editing.config import EditConfig
 from nulltext.core.sampling import guided_ddim
+from nulltext.progress import Progress, StepReport
 
 
 @dataclass
@@ -158,7 +159,7 @@ class AblationResult:
 
 
 def run_ablation(model: Model, photos: list[StudyPhoto], config: AblationConfig,
-                 progress: Callable[[str], None] | None = None) -> AblationResult:
+                 progress: Progress | None = None) -> AblationResult:
     """PSNR vs. iterations for every method over the photos (SD 1.x/2.x: its variants optimise token embeddings)."""
     if model.pooled_dim is not None:
         raise ValueError("the ablation study runs on SD 1.x/2.x models: its textual-inversion and global-null "
@@ -213,9 +214,7 @@ def run_ablation(model: Model, photos: list[StudyPhoto], config: AblationConfig,
             "random caption": (ddim_invert(model, z0, wrong, schedule) if "random caption" in config.methods else None,
                                wrong, "null"),
         }
-        for method, (piv, c, what) in ((m, runs[m]) for m in config.methods):
-            if progress:
-                progress(f"photo {index + 1}/{len(photos)}: {method}")
+        for j, (method, (piv, c, what)) in enumerate((m, runs[m]) for m in config.methods):
             t0 = time.perf_counter()
             if method == "global null":  # one ∅ for every step, optimised over all of them
                 snapshots = global_null_optimise(model, piv, c, uncond, schedule, inv_cfg, max(config.checkpoints),
@@ -233,6 +232,9 @@ def run_ablation(model: Model, photos: list[StudyPhoto], config: AblationConfig,
                 else:
                     row.append(score(piv[-1:], c, snapshots[b], photo))
             psnrs[method].append(row)
+            if progress:
+                progress(StepReport(index * len(config.methods) + j + 1, len(photos) * len(config.methods),
+                                    f"photo {index + 1}/{len(photos)}: {method}"))
     n = len(photos)
     return AblationResult(list(config.checkpoints), psnrs, {k: v / n for k, v in seconds.items()}, n)
 
@@ -296,7 +298,7 @@ GUIDANCE_SETTINGS = (("DDIM", 1.0, 1.0, "ddim"), ("DDIM", 1.0, 7.5, "ddim"), ("D
 
 
 def run_guidance_table(model: Model, photos: list[StudyPhoto], judge: Judge,
-                       progress: Callable[[str], None] | None = None,
+                       progress: Progress | None = None,
                        null_text: list[Inversion] | None = None,
                        settings: Sequence[tuple[str, float, float, str]] = GUIDANCE_SETTINGS) -> list[GuidanceRow]:
     """DDIM inversion × inference guidance, and null-text: PSNR and edit success.
@@ -305,11 +307,9 @@ def run_guidance_table(model: Model, photos: list[StudyPhoto], judge: Judge,
     `settings`: the table's rows (a subset of GUIDANCE_SETTINGS, say).
     """
     rows = []
-    for label, w_inv, w_inf, method in settings:
+    for k, (label, w_inv, w_inf, method) in enumerate(settings):
         ps, ok = [], []
         for index, item in enumerate(photos):
-            if progress:
-                progress(f"{label} w_inv={w_inv} w_inf={w_inf}: photo {index + 1}/{len(photos)}")
             cfg = InversionConfig(method=method, guidance_scale=w_inf, pivot_guidance_scale=w_inv)
             if method == "null-text" and null_text is not None and cfg == null_text[index].config:
                 inv = null_text[index]
@@ -319,6 +319,9 @@ def run_guidance_table(model: Model, photos: list[StudyPhoto], judge: Judge,
             rec, edited = to_pil(result.images)
             ps.append(psnr(rec, item.image))
             ok.append(judge(edited, item))
+            if progress:
+                progress(StepReport(k * len(photos) + index + 1, len(settings) * len(photos),
+                                    f"{label} w_inv={w_inv} w_inf={w_inf}: photo {index + 1}/{len(photos)}"))
         rows.append(GuidanceRow(label, w_inv, w_inf, float(np.mean(ps)), float(np.mean(ok))))
     return rows
 

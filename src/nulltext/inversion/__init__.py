@@ -11,9 +11,9 @@ from nulltext.lazy import lazy_exports
 
 _MODULES = {
     "nulltext.inversion.config": ["InversionConfig", "Method", "Optimizer"],
-    "nulltext.inversion.null_text": ["Callback", "Inversion", "InversionError", "Optimised", "SecantState",
-                                     "StepReport", "adam_descent", "invert", "loss_scale", "null_text_optimise",
-                                     "optimise_rows", "secant_descent"],
+    "nulltext.inversion.null_text": ["Inversion", "InversionError", "Optimised", "SecantState", "adam_descent",
+                                     "invert", "loss_scale", "null_text_optimise", "optimise_rows", "secant_descent"],
+    "nulltext.progress": ["Progress", "StepReport"],
     "nulltext.inversion.pivot": ["ddim_invert", "direct_corrections"],
     "nulltext.inversion.batched": ["invert_batch"],
     "nulltext.inversion.file": ["InversionFileError", "check_model", "load_inversion", "save_inversion"],
@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     from nulltext.inversion.batched import invert_batch
     from nulltext.inversion.config import InversionConfig, Method, Optimizer
     from nulltext.inversion.file import InversionFileError, check_model, load_inversion, save_inversion
-    from nulltext.inversion.null_text import (Callback, Inversion, InversionError, Optimised, SecantState, StepReport,
-                                              adam_descent, invert, loss_scale, null_text_optimise, optimise_rows,
-                                              secant_descent)
+    from nulltext.inversion.null_text import (Inversion, InversionError, Optimised, SecantState, adam_descent, invert,
+                                              loss_scale, null_text_optimise, optimise_rows, secant_descent)
+    from nulltext.progress import Progress, StepReport
     from nulltext.inversion.pivot import ddim_invert, direct_corrections
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

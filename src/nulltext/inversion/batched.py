@@ -31,13 +31,15 @@ import torch
 
 from nulltext.core.conditioning import TextConditioning
 from nulltext.core.ddim import make_schedule
-from nulltext.inversion.null_text import (Callback, Inversion, InversionConfig, InversionError, OnError, invert,
-                                          optimise_rows)
+from nulltext.inversion.null_text import (Inversion, InversionConfig, InversionError, OnError, build_inversion,
+                                          invert, optimise_rows)
 from nulltext.inversion.pivot import ddim_invert
 from nulltext.model import Model
+from nulltext.progress import Progress
+
 
 def invert_batch(model: Model, images: torch.Tensor | list[torch.Tensor], prompts: list[str],
-                 config: InversionConfig | None = None, callback: Callback | None = None,
+                 config: InversionConfig | None = None, callback: Progress | None = None,
                  provenance: list[dict] | None = None, on_error: OnError = "raise") -> list[Inversion | InversionError]:
     """Invert K photos (each (1,3,H,W) in [-1,1], one size) with their captions; the same results as K `invert` calls.
 
@@ -78,19 +80,12 @@ def invert_batch(model: Model, images: torch.Tensor | list[torch.Tensor], prompt
             results.append(result)
             continue
         pivot = pivots[:, i].contiguous()  # (T+1, C, h, w)
-        nulls = result.nulls.to("cpu")  # (T, …) ∅_1 … ∅_T
-        results.append(Inversion(
-            latent_T=pivot[-1:].cpu().clone(), null_embeddings=nulls.tokens, null_pooled=nulls.pooled,
-            prompt=prompts[i],
-            config=config, scheduler_config=dict(model.scheduler_config),
-            image_size=(images[i].shape[-1], images[i].shape[-2]), model_source=model.source,
-            model_identity=model.identity, model_dtype=str(model.dtype).removeprefix("torch."), losses=result.losses,
-            inner_iterations=result.iterations, wall_time=per_photo, pivot=pivot.cpu() if config.keep_pivot else None,
-            **provenance[i]))
+        results.append(build_inversion(model, images[i], prompts[i], config, pivot, result.nulls, result.losses,
+                                       result.iterations, per_photo, **provenance[i]))
     return results
 
 
-def _invert_one(model: Model, image: torch.Tensor, prompt: str, config: InversionConfig, callback: Callback | None,
+def _invert_one(model: Model, image: torch.Tensor, prompt: str, config: InversionConfig, callback: Progress | None,
                 provenance: dict, on_error: OnError) -> Inversion | InversionError:
     try:
         return invert(model, image, prompt, config, callback, **provenance)

@@ -35,24 +35,13 @@ from nulltext.model import Model
 from nulltext.inversion.pivot import ddim_invert, direct_corrections
 from nulltext.inversion.config import InversionConfig, Method, Optimizer
 from nulltext.errors import NulltextError
+from nulltext.progress import Progress, StepReport
 
 
 class InversionError(NulltextError, RuntimeError):
     """The optimisation failed (NaN/inf); the message says what to change."""
 
 
-@dataclass
-class StepReport:
-    """What a progress callback is told after each outer step."""
-
-    step: int  # outer steps done, 1 … T
-    total: int
-    timestep: int  # τ_t of this step
-    inner_iterations: int
-    loss: float
-
-
-Callback = Callable[[StepReport], None]
 
 
 @dataclass
@@ -119,7 +108,7 @@ def loss_scale(model: Model) -> float:
 
 def null_text_optimise(model: Model, pivot: torch.Tensor, cond: TextConditioning | torch.Tensor,
                        uncond: TextConditioning | torch.Tensor, schedule: Schedule, config: InversionConfig,
-                       callback: Callback | None = None, on_update: UpdateHook | None = None) -> Optimised:
+                       callback: Progress | None = None, on_update: UpdateHook | None = None) -> Optimised:
     """Algorithm 1 (Mokady et al. 2023) for one photo: `optimise_rows` with one row; pivot (T+1, C, h, w)."""
     hook = None if on_update is None else (lambda row, t, null: on_update(t, null.tokens.detach()[0]))
     [result] = optimise_rows(model, pivot[:, None], TextConditioning.of(cond), TextConditioning.of(uncond), schedule,
@@ -145,7 +134,7 @@ RowsFrom = Callable[[list[int], TextConditioning, bool], torch.Tensor]  # (rows,
 
 
 def optimise_rows(model: Model, pivots: torch.Tensor, cond: TextConditioning, uncond: TextConditioning,
-                  schedule: Schedule, config: InversionConfig, callback: Callback | None = None,
+                  schedule: Schedule, config: InversionConfig, callback: Progress | None = None,
                   on_update: Callable[[int, int, TextConditioning], None] | None = None,
                   on_error: OnError = "raise") -> list[Optimised | InversionError]:
     """Algorithm 1 (Mokady et al. 2023): per-step ∅_t of each of K photos so that guided DDIM from z*_T
@@ -205,7 +194,8 @@ def optimise_rows(model: Model, pivots: torch.Tensor, cond: TextConditioning, un
             r.nulls[t - 1], r.losses[t - 1], r.iterations[t - 1] = r.null.detach().clone(), loss.item(), used
             z_bar = torch.cat([z_bar[:i], z_prev.detach().to(z_bar), z_bar[i + 1 :]])
         if callback is not None and done:  # the most iterations and the highest loss over the photos
-            callback(StepReport(k + 1, T, tau, max(d[2] for d in done.values()), max(d[1].item() for d in done.values())))
+            callback(StepReport(k + 1, T, timestep=tau, inner_iterations=max(d[2] for d in done.values()),
+                                loss=max(d[1].item() for d in done.values())))
     results: list[Optimised | InversionError] = []
     for r in rows:
         stacked = None if r.error is not None else TextConditioning.cat(r.nulls)  # (T, …) in step order ∅_1 … ∅_T
@@ -339,7 +329,7 @@ def _check_finite(loss: torch.Tensor, where: str) -> None:
 
 
 def invert(model: Model, image: torch.Tensor, prompt: str, config: InversionConfig | None = None,
-           callback: Callback | None = None, **provenance) -> Inversion:
+           callback: Progress | None = None, **provenance) -> Inversion:
     """Invert an image (1,3,H,W) in [-1,1] with its caption; `provenance` fills photo/crop_box/source_path."""
     config = config or InversionConfig()
     model.check_prompt(prompt)
@@ -362,11 +352,20 @@ def invert(model: Model, image: torch.Tensor, prompt: str, config: InversionConf
         nulls = uncond.float().expand(config.num_steps).clone()
         corrections = direct_corrections(model, pivot, cond, uncond, schedule, config.guidance_scale)
         losses, iterations = corrections.flatten(1).pow(2).mean(1).tolist(), [0] * config.num_steps
+    return build_inversion(model, image, prompt, config, pivot, nulls, losses, iterations, time.perf_counter() - start,
+                           corrections, **provenance)
+
+
+def build_inversion(model: Model, image: torch.Tensor, prompt: str, config: InversionConfig, pivot: torch.Tensor,
+                    nulls: TextConditioning, losses: list[float], iterations: list[int], wall_time: float,
+                    corrections: torch.Tensor | None = None, **provenance) -> Inversion:
+    """The `Inversion` of one photo (1, 3, H, W) from its pivot (T+1, C, h, w) and ∅_1 … ∅_T: the one place
+    `invert` and `invert_batch` make their results, on the CPU."""
     return Inversion(
         latent_T=pivot[-1:].cpu().clone(), null_embeddings=nulls.tokens.cpu(), prompt=prompt, config=config,
         scheduler_config=dict(model.scheduler_config), image_size=(image.shape[-1], image.shape[-2]),
         model_source=model.source, model_identity=model.identity, model_dtype=str(model.dtype).removeprefix("torch."),
-        losses=losses, inner_iterations=iterations,
-        wall_time=time.perf_counter() - start, pivot=pivot.cpu() if config.keep_pivot else None, corrections=corrections,
+        losses=losses, inner_iterations=iterations, wall_time=wall_time,
+        pivot=pivot.cpu() if config.keep_pivot else None, corrections=corrections,
         null_pooled=None if nulls.pooled is None else nulls.pooled.cpu(), **provenance,
     )
