@@ -33,7 +33,8 @@ from nulltext.app_uploads import GatedBlocks  # noqa: E402
 from nulltext.bundled import data  # noqa: E402
 from nulltext.editing.from_inversion import attention_maps, edit  # noqa: E402
 from nulltext.io.images import load_image, output_metadata, save_png, to_pil, to_tensor  # noqa: E402
-from nulltext.inversion.null_text import Inversion, InversionConfig, Method, invert  # noqa: E402
+from nulltext.inversion.config import InversionConfig, Method  # noqa: E402
+from nulltext.inversion.null_text import Inversion, invert  # noqa: E402
 from nulltext.progress import StepReport  # noqa: E402
 from nulltext.inversion.file import load_inversion, save_inversion  # noqa: E402
 from nulltext.evaluation.metrics import psnr  # noqa: E402

@@ -21,6 +21,8 @@ def _step_bar(args, desc: str):
     def callback(report) -> None:
         nonlocal bar
         if bar is None or report.step == 1:  # a loop begins (a batch run has one per batch)
+            if bar is not None:
+                bar.close()  # the previous loop's, if it ended early
             bar = _progress(args, report.total, desc)
         bar.update(1)
         if report.label:

@@ -33,7 +33,7 @@ from nulltext.core.conditioning import TextConditioning
 from nulltext.core.ddim import Schedule, ddim_step, guided, make_schedule
 from nulltext.model import Model
 from nulltext.inversion.pivot import ddim_invert, direct_corrections
-from nulltext.inversion.config import InversionConfig, Method, Optimizer
+from nulltext.inversion.config import InversionConfig
 from nulltext.errors import NulltextError
 from nulltext.progress import Progress, StepReport
 
