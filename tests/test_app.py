@@ -98,6 +98,11 @@ def test_invert_then_edit_twice_from_the_kept_inversion(app, inverted):
     jobs = len(app.log)
     gallery, edited, files, note = app.edit(session, target, "auto", 0.8, 0.4, "", "circle", "", None, no_progress)
     assert_colour_swap(edited, data.DEMO_INDEX, target)
+    # the gallery ends with where the edit was allowed to change the photo: bright on the circle, dimmed elsewhere
+    assert [label for _, label in gallery][-2:] == [target, f"changed: {target}"]
+    shown = np.asarray(gallery[-1][0], dtype=np.float64).mean(-1)
+    circle = data.shape_mask(data.scene("test", data.DEMO_INDEX), shown.shape[0])
+    assert shown[circle].mean() > 2 * shown[~circle].mean()
     meta = read_png_metadata(files[0])
     assert meta["target_prompt"] == target and meta["blend_words"] == '["circle"]' and meta["source_prompt"] == nti.prompt
     assert assert_colour_swap(Image.open(files[0]), data.DEMO_INDEX, target) > 25

@@ -71,8 +71,10 @@ def test_small_bench_orderings(small_run) -> None:
     # reconstruction (measured 35.7 / 34.4 / 24.6 dB): direct inversion is exact up to the VAE, negative-prompt
     # close, DDIM inversion sampled at w = 7.5 drifts
     assert m("direct", "rec_psnr") > m("negative-prompt", "rec_psnr") > m("ddim", "rec_psnr") + 5
-    # with local blend, the better inversion keeps the background better (measured 35.7 vs 31.8 dB)
-    assert m("direct", "bg_psnr") > m("ddim", "bg_psnr") + 2
+    # with local blend, compositing puts the photo back wherever the edit moved nothing, whatever the inversion
+    # (measured 42.0 dB for direct; ddim ∞: every background pixel of its one blended edit is the photo's)
+    assert m("direct", "bg_psnr") > 35 and m("ddim", "bg_psnr") > 35
+    assert m("direct", "bg_psnr") > m("direct", "bg_psnr", blend=False) + 3
     # word swaps without blend land (all 4 of 4 here, for every method)
     for method in ("direct", "negative-prompt", "ddim"):
         assert m(method, "correct", blend=False) >= 0.75, method

@@ -1,10 +1,12 @@
 """The command line end to end on a tiny model: outputs, metadata, and one-line errors with exit code 2."""
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from nulltext.bundled import data
 from nulltext.cli import main
+from nulltext.inversion import load_inversion
 from nulltext.io.images import read_png_metadata
 
 
@@ -160,7 +162,13 @@ def test_edit_with_a_drawn_mask(tmp_path, nti, tiny_dir, photo, capsys):
     code, out, err = run(capsys, "edit", nti, target, "--mask", mask, "--model", tiny_dir, "-o", tmp_path / "e", "-q")
     assert code == 0, err
     meta = read_png_metadata(tmp_path / "e" / "edit_01.png")
-    assert meta["blend_mask"] == str(mask) and meta["blend_mask_combine"] == "union"
+    assert meta["blend_mask"] == str(mask) and meta["blend_mask_combine"] == "union" and meta["composite"] == "changed"
+    # the mask that was used is shown beside the edit; on the right quarter, far from the drawn half,
+    # the edit moved nothing, so it is the photo's own pixels (the inversion keeps the photo)
+    assert read_png_metadata(tmp_path / "e" / "edit_01_mask.png")["kind"] == "edit mask"
+    photo_pixels = load_inversion(nti).photo.numpy()
+    edited = np.asarray(Image.open(tmp_path / "e" / "edit_01.png").convert("RGB"))
+    assert np.array_equal(edited[:, 24:], photo_pixels[:, 24:])
     Image.new("L", (40, 32), 255).save(mask)
     code, out, err = run(capsys, "edit", nti, target, "--mask", mask, "--model", tiny_dir, "-o", tmp_path / "f", "-q")
     assert code == 2 and "draw the mask at 32x32" in err and err.count("\n") == 1 and not (tmp_path / "f").exists()

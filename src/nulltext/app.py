@@ -40,7 +40,7 @@ from nulltext.inversion.file import load_inversion, save_inversion  # noqa: E402
 from nulltext.evaluation.metrics import psnr  # noqa: E402
 from nulltext.model import Model  # noqa: E402
 from nulltext.editing.config import EditConfig, Mode  # noqa: E402
-from nulltext.io.viz import attention_tiles  # noqa: E402
+from nulltext.io.viz import attention_tiles, edit_mask_overlay  # noqa: E402
 
 MAX_UPLOAD = 20 << 20  # bytes: photos, masks and .nti files, however sent; Pillow's decompression-bomb limit guards the pixels
 DISPLAY_SIDE = 256  # small model images are shown upscaled (nearest) to at least this many pixels
@@ -186,8 +186,11 @@ class WebApp:
                 result = edit(self.model, inversion, prompts, config, step)
             images = to_pil(result.images)
             files = self._write_edits(inversion, prompts, images[1:], config)
+            shown = result.shown_masks()  # where each edit may differ from the photo: a user sees why a pixel changed
+            overlays = [] if shown is None else \
+                [(_show(edit_mask_overlay(result.images[j + 1], shown[j])), f"changed: {p}") for j, p in enumerate(prompts)]
             gallery = ([(_show(session.photo), "photo")] if session.photo is not None else []) + \
-                [(_show(images[0]), "reconstruction")] + [(_show(im), p) for im, p in zip(images[1:], prompts)]
+                [(_show(images[0]), "reconstruction")] + [(_show(im), p) for im, p in zip(images[1:], prompts)] + overlays
             return gallery, images[1], [str(p) for p in files], f"Edited: {len(prompts)} target caption(s)."
 
     # -----------------------------------------------------------------------------------------

@@ -40,13 +40,24 @@ class Judgement:
                 "shape": self.shape == scene.shape}
 
 
+def _background_colour(rgb: np.ndarray) -> np.ndarray:
+    """The median colour (3,) of the outer 2-pixel ring of an (H, W, 3) image."""
+    ring = np.concatenate([rgb[:2].reshape(-1, 3), rgb[-2:].reshape(-1, 3), rgb[:, :2].reshape(-1, 3),
+                           rgb[:, -2:].reshape(-1, 3)])
+    return np.median(ring, axis=0)
+
+
+def foreground(image: Image.Image | np.ndarray) -> np.ndarray:
+    """(H, W) bool: the pixels the judge counts as the shape (farther than FOREGROUND_DISTANCE from the ring)."""
+    rgb = np.asarray(image, dtype=np.float64)[..., :3]  # (H, W, 3)
+    return np.sqrt(((rgb - _background_colour(rgb)) ** 2).sum(-1)) > FOREGROUND_DISTANCE
+
+
 def judge(image: Image.Image | np.ndarray) -> Judgement:
     """Name the background, the shape's colour and the shape of one image."""
     rgb = np.asarray(image, dtype=np.float64)[..., :3]  # (H, W, 3)
-    ring = np.concatenate([rgb[:2].reshape(-1, 3), rgb[-2:].reshape(-1, 3), rgb[:, :2].reshape(-1, 3),
-                           rgb[:, -2:].reshape(-1, 3)])
-    bg = np.median(ring, axis=0)
-    fg = np.sqrt(((rgb - bg) ** 2).sum(-1)) > FOREGROUND_DISTANCE  # (H, W)
+    bg = _background_colour(rgb)
+    fg = foreground(rgb)  # (H, W)
     background = data.nearest_colour(bg)
     if fg.mean() < 0.02:
         return Judgement(background, None, None, 0.0)

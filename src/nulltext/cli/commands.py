@@ -58,7 +58,7 @@ def _edit_config(args, inversion):
         word_cross_replace=dict(args.word_cross or []), reweight=dict(args.reweight or []),
         blend_words=args.blend or [], blend_subtract=args.subtract or [], blend_mask=mask,
         blend_mask_combine=args.mask_combine, blend_threshold=args.threshold, blend_start=args.blend_start,
-        target_null=args.target_null,
+        target_null=args.target_null, composite=args.composite,
     )
 
 
@@ -122,10 +122,13 @@ def cmd_reconstruct(args) -> None:
 def cmd_edit(args) -> None:
     from nulltext.editing.from_inversion import edit
     from nulltext.io.images import make_grid, output_metadata, save_png, to_pil
+    from nulltext.io.viz import edit_mask_overlay
 
     out = Path(args.output)
-    names = [out / f"edit_{j + 1:02d}.png" for j in range(max(1, len(args.targets)))] + [out / "grid.png"]
-    _refuse_existing(names, args)
+    n = max(1, len(args.targets))
+    names = [out / f"edit_{j + 1:02d}.png" for j in range(n)] + [out / "grid.png"]
+    mask_names = [out / f"edit_{j + 1:02d}_mask.png" for j in range(n)] if args.blend or args.mask else []
+    _refuse_existing(names + mask_names, args)
     model, inversion = _open(args)
     targets = args.targets or [inversion.prompt]
     config = _edit_config(args, inversion)
@@ -138,8 +141,15 @@ def cmd_edit(args) -> None:
         save_png(images[j + 1], names[j], output_metadata(model, inversion.prompt, "edit", target_prompt=target, **settings),
                  force=args.force, keep_both=True)
     labels = [f"source: {inversion.prompt}", *targets]
-    save_png(make_grid(images, labels), names[-1], output_metadata(model, inversion.prompt, "edit grid", targets=targets),
+    shown = result.shown_masks()  # where each edit may differ from the photo, so a user sees why a pixel changed
+    overlays = [] if shown is None else [edit_mask_overlay(result.images[j + 1], shown[j]) for j in range(len(targets))]
+    for j, overlay in enumerate(overlays[: len(mask_names)]):
+        save_png(overlay, mask_names[j], output_metadata(model, inversion.prompt, "edit mask", target_prompt=targets[j]),
+                 force=args.force, keep_both=True)
+    grid = make_grid(images + overlays, labels + [f"changed: {t}" for t in targets[: len(overlays)]])
+    save_png(grid, names[-1], output_metadata(model, inversion.prompt, "edit grid", targets=targets),
              force=args.force, keep_both=True)
+    names += mask_names[: len(overlays)]
     for p in names:
         print(f"wrote {p}")
 
@@ -208,7 +218,7 @@ def cmd_bench(args) -> None:
     from nulltext.evaluation import edit_bench
     from nulltext.inversion.config import InversionConfig
     from nulltext.evaluation.perceptual import PerceptualConfig
-    from nulltext.editing.config import TargetNull
+    from nulltext.editing.config import EditConfig, TargetNull
 
     out = Path(args.output)
     _refuse_existing([out / n for n in edit_bench.OUTPUTS], args)
@@ -223,7 +233,7 @@ def cmd_bench(args) -> None:
     model = _load_model(args)
     config = edit_bench.BenchConfig(
         methods=tuple(args.methods), inversion=InversionConfig(num_steps=args.steps),
-        target_nulls=tuple(args.target_null),
+        target_nulls=tuple(args.target_null), edit=EditConfig(composite=args.composite),
         perceptual=PerceptualConfig(lpips=args.lpips, clip=args.clip, dino=args.dino, device=str(model.device)))
     if args.pie_bench:
         from nulltext.evaluation import pie_bench
@@ -233,7 +243,8 @@ def cmd_bench(args) -> None:
         cases, dataset, config.convention = pie_bench.pie_cases(entries, images, model.default_size), "PIE-Bench", "pie-bench"
     else:
         cases, dataset = edit_bench.make_cases(args.per_type, args.seed, model.default_size[0]), "bundled"
-    result = edit_bench.run_edit_bench(model, cases, config, _step_bar(args, "bench edits"), dataset)
+    result = edit_bench.run_edit_bench(model, cases, config, _step_bar(args, "bench edits"), dataset,
+                                        args.inversions)
     paths = edit_bench.bench_report(result, out)
     if not args.quiet:
         print(edit_bench.markdown_table(result))

@@ -88,7 +88,7 @@ def _default(config_class, name: str):
 
 def build_parser() -> argparse.ArgumentParser:
     from nulltext.inversion.config import InversionConfig, Method
-    from nulltext.editing.config import EditConfig, MaskCombine, Mode, TargetNull
+    from nulltext.editing.config import Composite, EditConfig, MaskCombine, Mode, TargetNull
 
     inv, ed = (lambda name: _default(InversionConfig, name)), (lambda name: _default(EditConfig, name))
     common = argparse.ArgumentParser(add_help=False)
@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target-null", default=ed("target_null"), choices=list(typing.get_args(TargetNull)),
                    help="unconditional embedding of the edited captions: ψ(\"\") (empty) or the inversion's ∅_t as in "
                         f"the paper (inverted) (default: {ed('target_null')})")
+    s.add_argument("--composite", default=ed("composite"), choices=list(typing.get_args(Composite)),
+                   help="with --blend or --mask: put the photo back on every pixel the edit did not move (changed), "
+                        f"or keep the decoder's output everywhere as the authors do (off) (default: {ed('composite')})")
     s.set_defaults(func=cmd_edit)
 
     s = sub.add_parser("attention", parents=[common], help="cross-attention maps per token as a grid PNG")
@@ -196,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lpips", metavar="HUB_DIR", help="torch hub dir with torchvision's SqueezeNet weights (LPIPS)")
     s.add_argument("--clip", metavar="PATH", help="local CLIP model folder, e.g. openai/clip-vit-large-patch14")
     s.add_argument("--dino", metavar="PATH", help="local DINO ViT folder, e.g. facebook/dino-vitb8 (structure distance)")
+    s.add_argument("--composite", default=ed("composite"), choices=list(typing.get_args(Composite)),
+                   help="edits with local blend: photo put back where the edit moved no pixel (changed), or the "
+                        f"decoder's output (off, the authors') (default: {ed('composite')})")
+    s.add_argument("--inversions", metavar="DIR", help="keep each case's inversion in DIR and reuse it on a re-run "
+                   "with the same model, settings and case (for comparing edit settings)")
     s.add_argument("-o", "--output", default="bench", help="output folder")
     s.set_defaults(func=cmd_bench)
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 Mode = Literal["auto", "replace", "refine"]
 MaskCombine = Literal["union", "intersection"]
 TargetNull = Literal["empty", "inverted"]
+Composite = Literal["changed", "off"]
 StepRange = float | tuple[float, float]
 
 
@@ -43,8 +44,14 @@ class EditConfig:
     blend_threshold: float = 0.3
     blend_start: float = 0.2  # fraction of steps after which blending starts
     blend_dilation: float = 1 / 16  # max-pool radius as a fraction of the latent side (the authors' 1 of 16) …
-    blend_min_radius: int = 2  # … and at least this many latent pixels: a mask edge closer than ~2 latent
-    # pixels to the edited object leaves a seam that the VAE decoder spreads into the background
+    blend_min_radius: int = 3  # … and at least this many latent pixels: on small latents a tighter mask cuts
+    # the corners of a new shape (bundled model, 16×16 latent: 2 → 3 raised blended accuracy 94 → 97 %, 32 cases);
+    # the wider ring costs the background nothing, since compositing puts the photo back where nothing moved
+    # After decoding, with local blend: "changed" puts the photo back on every pixel the edit did not move
+    # from the reconstruction (`nulltext.editing.composite`); "off" keeps the decoder's output (the authors')
+    composite: Composite = "changed"
+    composite_change: tuple[float, float] = (0.05, 0.15)  # RGB distance (0…1 scale) from photo (below) to edit (above)
+    composite_feather: float = 1 / 128  # Gaussian σ of the compositing weights, a fraction of the image side
 
     def __post_init__(self) -> None:
         """Refuse settings no edit can run with; the CLI and the library say the same."""
@@ -54,6 +61,12 @@ class EditConfig:
             raise SettingsError(f"unknown target null {self.target_null!r} — use empty or inverted")
         if self.blend_mask_combine not in get_args(MaskCombine):
             raise SettingsError(f"unknown mask combination {self.blend_mask_combine!r} — use union or intersection")
+        if self.composite not in get_args(Composite):
+            raise SettingsError(f"unknown composite {self.composite!r} — use changed or off")
+        low, high = self.composite_change
+        if not 0.0 <= low < high:
+            raise SettingsError(f"composite change ({low}, {high}) must be two distances 0 ≤ low < high, e.g. (0.05, 0.15)")
+        check_fraction(self.composite_feather, "composite feather")
         step_window(self.cross_replace, 1)
         step_window(self.self_replace, 1)
         for window in self.word_cross_replace.values():

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from nulltext.editing.attention import controlled, to_latent_grid
+from nulltext.editing.composite import composite, composite_weights
 from nulltext.core.conditioning import TextConditioning
 from nulltext.core.ddim import sample
 from nulltext.inversion.null_text import Inversion
@@ -42,6 +43,11 @@ class EditResult:
     images: torch.Tensor  # (1+n, 3, H, W) in [-1, 1]
     latents: torch.Tensor  # (1+n, C, h, w)
     masks: torch.Tensor | None  # (n, h, w) final local-blend masks, if blending
+    weights: torch.Tensor | None = None  # (n, 1, H, W) in [0, 1]: each edit over the photo, if composited
+
+    def shown_masks(self) -> torch.Tensor | None:
+        """(n, h, w) per edit: where it may differ from the photo (compositing weights, else the blend masks)."""
+        return self.weights[:, 0] if self.weights is not None else None if self.masks is None else self.masks.float()
 
 
 @torch.no_grad()
@@ -90,7 +96,14 @@ def edit(model: Model, inversion: Inversion, targets: list[str], config: EditCon
         latents = sample(predict, z_T, schedule, correct, callback)
     images = model.decode_latents(latents).cpu()
     masks = blend.masks()
-    return EditResult([inversion.prompt, *targets], images, latents.cpu(), None if masks is None else masks.expand(n, -1, -1).cpu())
+    weights = None
+    if masks is not None and config.composite != "off":  # the photo back wherever the edit did not move a pixel
+        photo = images[:1] if inversion.photo is None else \
+            (inversion.photo.permute(2, 0, 1)[None].float() / 127.5 - 1.0)  # (1, 3, H, W) in [-1, 1]
+        weights = composite_weights(images[1:].float(), images[:1].float(), config)
+        images = torch.cat([images[:1], composite(images[1:].float(), photo, weights).to(images.dtype)])
+    return EditResult([inversion.prompt, *targets], images, latents.cpu(),
+                      None if masks is None else masks.expand(n, -1, -1).cpu(), weights)
 
 
 class _CrossAttentionRecorder:

@@ -14,7 +14,9 @@ defaults (`EditConfig()`; word swap since the word counts match): with local ble
 words and without. Scores per edit:
 
 - accuracy by the bundled model's judge (shape, shape colour, background; `correct` = all three);
-- PSNR and SSIM of the edit against the ground-truth twin (whole image);
+- PSNR and SSIM of the edit against the ground-truth twin (whole image), and PSNR inside the edit mask;
+- the object's geometry: IoU of the judge's shape pixels in the edit with those in the twin, and the
+  ratio of their areas (a recoloured shape that grows has a ratio above 1);
 - background preservation against the source photo outside the edit mask: PSNR and MSE over those
   pixels, SSIM averaged over windows centred there (`nulltext.evaluation.metrics`);
 - reconstruction PSNR, inversion and edit wall time;
@@ -26,6 +28,7 @@ judge, and their background metrics follow PIE-Bench's convention (see that modu
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -37,10 +40,11 @@ import numpy as np
 from PIL import Image
 
 from nulltext.evaluation import metrics, perceptual
-from nulltext.bundled.evaluate import judge
+from nulltext.bundled.evaluate import foreground, judge
 from nulltext.editing.from_inversion import edit
 from nulltext.io.images import to_pil, to_tensor
-from nulltext.inversion.null_text import InversionConfig, invert
+from nulltext.inversion.file import load_inversion, save_inversion
+from nulltext.inversion.null_text import Inversion, InversionConfig, invert
 from nulltext.io.outputs import publish
 from nulltext.model import Model
 from nulltext.editing.config import EditConfig, TargetNull
@@ -144,6 +148,11 @@ def score_edit(case: EditCase, reconstruction: Image.Image, edited: Image.Image,
     if case.target is not None:
         scores["gt_psnr"] = metrics.psnr(edited, case.target)
         scores["gt_ssim"] = metrics.ssim(edited, case.target)
+        scores["edit_psnr"] = metrics.psnr(edited, case.target, mask=case.mask) if case.mask.any() else None
+    if case.target_scene is not None:  # the object's geometry: the judge's shape pixels in the edit and the twin
+        ours, theirs = foreground(edited), foreground(case.target)
+        scores["object_iou"] = metrics.iou(ours, theirs)
+        scores["object_area"] = float(ours.sum() / theirs.sum()) if theirs.any() else None
     keep = ~case.mask
     if convention == "pie-bench":
 
@@ -166,18 +175,49 @@ def variant_label(method: str, target_null: str) -> str:
     return f"{method}, ∅ on targets" if target_null == "inverted" else f"{method}, ψ(\"\") on targets"
 
 
+def case_inversion(model: Model, case: EditCase, config: InversionConfig, store: Path | None = None
+                   ) -> tuple[Inversion, float]:
+    """The case's inversion and the seconds it took; with `store`, read from or written to a file there.
+
+    The file name carries a hash of everything the inversion depends on (model identity, settings,
+    caption, photo), so a stored inversion is only reused for the same inputs; its seconds are the
+    ones measured when it was made.
+    """
+    path = None if store is None else stored_inversion_path(model, case, config, store)
+    if path is not None and path.is_file():
+        inv = load_inversion(path, model)
+        return inv, inv.wall_time
+    t0 = time.perf_counter()
+    inv = invert(model, to_tensor(case.source), case.source_prompt, config)
+    seconds = time.perf_counter() - t0
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_inversion(replace(inv, wall_time=seconds), path)
+    return inv, seconds
+
+
+def stored_inversion_path(model: Model, case: EditCase, config: InversionConfig, store: Path) -> Path:
+    """<store>/<case>-<method>-<hash of model identity, settings, caption and photo>.nti"""
+    key = hashlib.sha256(json.dumps([model.identity, asdict(config), case.source_prompt], sort_keys=True,
+                                    default=str).encode() + np.asarray(case.source).tobytes()).hexdigest()[:16]
+    return Path(store) / f"{case.case_id}-{config.method}-{key}.nti"
+
+
 def run_edit_bench(model: Model, cases: list[EditCase], config: BenchConfig,
-                   progress: Progress | None = None, dataset: str = "bundled") -> BenchResult:
-    """Invert every case's source once per method, edit it with and without local blend, score each edit."""
+                   progress: Progress | None = None, dataset: str = "bundled",
+                   store: str | Path | None = None) -> BenchResult:
+    """Invert every case's source once per method, edit it with and without local blend, score each edit.
+
+    `store`: a folder where inversions are kept between runs (`case_inversion`), so that a re-run with
+    other edit settings re-uses them.
+    """
     start = time.perf_counter()
     p = perceptual.load_perceptual(config.perceptual)
     records = []
     for i, case in enumerate(cases):
-        x = to_tensor(case.source)
         for j, method in enumerate(config.methods):
-            t0 = time.perf_counter()
-            inv = invert(model, x, case.source_prompt, replace(config.inversion, method=method, keep_pivot=False))
-            t_inv = time.perf_counter() - t0
+            inv, t_inv = case_inversion(model, case, replace(config.inversion, method=method, keep_pivot=False),
+                                        None if store is None else Path(store))
             for target_null, blend in itertools.product(config.target_nulls, config.blend):
                 if blend and not case.blend_words:
                     continue  # nothing to blend on: the no-blend run is this edit
@@ -217,6 +257,8 @@ COLUMNS = [  # score key, header, format
     ("correct", "edit accuracy", "{:.0%}"), ("correct_colour", "shape colour", "{:.0%}"),
     ("correct_shape", "shape", "{:.0%}"), ("correct_background", "background", "{:.0%}"),
     ("gt_psnr", "PSNR vs GT dB", "{:.2f}"), ("gt_ssim", "SSIM vs GT", "{:.3f}"),
+    ("edit_psnr", "in-mask PSNR vs GT dB", "{:.2f}"), ("object_iou", "object IoU", "{:.3f}"),
+    ("object_area", "object area ×", "{:.2f}"),
     ("structure_distance", "structure dist. ×10³", "{:.2f}"), ("bg_psnr", "bg PSNR dB", "{:.2f}"),
     ("bg_lpips", "bg LPIPS ×10³", "{:.1f}"), ("bg_mse", "bg MSE ×10⁴", "{:.2f}"), ("bg_ssim", "bg SSIM", "{:.3f}"),
     ("clip_whole", "CLIP whole", "{:.2f}"), ("clip_edited", "CLIP edited", "{:.2f}"),

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torchmetrics.functional import mean_squared_error
+from torchmetrics.functional.classification import binary_jaccard_index
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 SSIM_WINDOW = 11
@@ -155,6 +156,16 @@ def ssim(a: ImageLike, b: ImageLike, *, mask: ArrayLike | None = None) -> float:
         if not bool(valid.any()):
             raise ValueError(f"mask selects no pixel at least {pad} px inside the image")
     return full[..., valid].mean().item()
+
+
+def iou(a: ArrayLike, b: ArrayLike) -> float:
+    """Intersection over union of two boolean (H, W) masks (torchmetrics' binary Jaccard index); 1 if both are empty."""
+    x, y = torch.as_tensor(np.asarray(a, dtype=bool)), torch.as_tensor(np.asarray(b, dtype=bool))
+    if x.shape != y.shape:
+        raise ValueError(f"mask shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
+    if not bool((x | y).any()):
+        return 1.0
+    return binary_jaccard_index(x.int(), y.int()).item()
 
 
 def latent_mse(a: ArrayLike, b: ArrayLike) -> float:

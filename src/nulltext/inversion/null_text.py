@@ -360,7 +360,10 @@ def build_inversion(model: Model, image: torch.Tensor, prompt: str, config: Inve
                     nulls: TextConditioning, losses: list[float], iterations: list[int], wall_time: float,
                     corrections: torch.Tensor | None = None, **provenance) -> Inversion:
     """The `Inversion` of one photo (1, 3, H, W) from its pivot (T+1, C, h, w) and ∅_1 … ∅_T: the one place
-    `invert` and `invert_batch` make their results, on the CPU."""
+    `invert` and `invert_batch` make their results, on the CPU. The photo is kept (as 8-bit RGB) unless
+    `provenance` gives it, so that edits can put it back where they change nothing."""
+    if provenance.get("photo") is None:
+        provenance["photo"] = ((image[0].detach().float().cpu().permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return Inversion(
         latent_T=pivot[-1:].cpu().clone(), null_embeddings=nulls.tokens.cpu(), prompt=prompt, config=config,
         scheduler_config=dict(model.scheduler_config), image_size=(image.shape[-1], image.shape[-2]),

@@ -1,0 +1,55 @@
+"""The photo back outside the edit: local blend's mask applied once more, in pixels, after decoding.
+
+Local blend (Hertz et al. 2022, sec. 3.2) keeps the source row's *latent* outside its mask. Two things
+still change those pixels: the source row is the reconstruction, not the photo (a VAE round trip and
+the inversion's residual away from it), and the VAE decoder spreads every latent cell over its
+neighbours, so the mask's edge seeps into the background. Inpainting tools paste the original back
+through a feathered mask; so does this:
+
+    w   = blur_σ( clamp((‖x_edit − x_rec‖ − lo) / (hi − lo), 0, 1) )     (weights in [0, 1])
+    out = photo + w · (x_edit − photo)
+
+- the gate keeps the edit only where it moved a pixel away from the reconstruction (per-pixel RGB
+  distance on the [0, 1] scale): outside the blend mask the latents are the source's, so nothing moves
+  there, and the dilation ring around an object the edit did not move comes back as the photo too;
+  the attention mask itself is not multiplied in — its coarse edge would cut a new shape's corners or
+  leave stripes of the old background (measured: accuracy on background swaps 100 % → 75 % with it);
+- blur_σ: a Gaussian feather whose σ is a fraction of the image side, so it means the same at 64 px and
+  at 1024 px.
+
+The authors' behaviour (latent blend only, the decoder's output everywhere) is `composite="off"`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from nulltext.editing.config import EditConfig
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W) with standard deviation `sigma` pixels, edges replicated."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(3 * sigma + 0.5))
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-t**2 / (2 * sigma**2))
+    k = k / k.sum()
+    C = x.shape[1]
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+
+
+def composite_weights(edits: torch.Tensor, reconstruction: torch.Tensor, config: EditConfig) -> torch.Tensor:
+    """(n, 1, H, W) weights in [0, 1] of each edit (n, 3, H, W) over the photo, given the reconstruction (1, 3, H, W)."""
+    H, W = edits.shape[-2:]
+    lo, hi = config.composite_change
+    moved = (edits - reconstruction).norm(dim=1, keepdim=True) / 2  # (n, 1, H, W): RGB distance on the [0, 1] scale
+    gate = ((moved - lo) / (hi - lo)).clamp(0, 1)
+    return gaussian_blur(gate, config.composite_feather * max(H, W)).clamp(0, 1)
+
+
+def composite(edits: torch.Tensor, photo: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """photo + w · (edit − photo): (n, 3, H, W) images in [-1, 1]."""
+    return photo + weights * (edits - photo)
