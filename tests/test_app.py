@@ -100,8 +100,9 @@ def test_invert_then_edit_twice_from_the_kept_inversion(app, inverted):
     assert_colour_swap(edited, data.DEMO_INDEX, target)
     # the gallery ends with where the edit was allowed to change the photo: bright on the circle, dimmed elsewhere
     assert [label for _, label in gallery][-2:] == [target, f"changed: {target}"]
-    shown = np.asarray(gallery[-1][0], dtype=np.float64).mean(-1)
-    circle = data.shape_mask(data.scene("test", data.DEMO_INDEX), shown.shape[0])
+    side = session.inversion.image_size[0]  # the gallery shows it enlarged; compare at the photo's size
+    shown = np.asarray(gallery[-1][0].resize((side, side), Image.Resampling.NEAREST), dtype=np.float64).mean(-1)
+    circle = data.shape_mask(data.scene("test", data.DEMO_INDEX, side), side)
     assert shown[circle].mean() > 2 * shown[~circle].mean()
     meta = read_png_metadata(files[0])
     assert meta["target_prompt"] == target and meta["blend_words"] == '["circle"]' and meta["source_prompt"] == nti.prompt
