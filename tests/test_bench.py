@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from nulltext.bundled.evaluate import judge
 from nulltext.cli import main
@@ -112,3 +113,23 @@ def test_cli_bench_edits(tmp_path, capsys) -> None:
     assert "exists" in capsys.readouterr().err
     assert main(["bench", "edits", "--methods", "sdedit", "-o", str(tmp_path / "x")]) == 2
     assert "unknown method 'sdedit'" in capsys.readouterr().err
+
+
+def test_stored_inversions_are_reused_only_for_the_same_inputs(bundled, tmp_path, monkeypatch) -> None:
+    """`--inversions DIR`: a second run loads the stored inversion (same latent, its measured seconds);
+    other settings are another file."""
+    from nulltext.evaluation import edit_bench
+
+    case = make_cases(1, seed=0, resolution=bundled.default_size[0])[0]
+    config = InversionConfig(method="ddim", num_steps=5, keep_pivot=False)
+    first, seconds = edit_bench.case_inversion(bundled, case, config, tmp_path)
+    assert len(list(tmp_path.glob("*.nti"))) == 1 and seconds > 0
+
+    def no_inversion(*args, **kwargs):
+        raise AssertionError("inverted again instead of loading the stored file")
+
+    monkeypatch.setattr(edit_bench, "invert", no_inversion)
+    again, seconds_again = edit_bench.case_inversion(bundled, case, config, tmp_path)
+    assert torch.equal(again.latent_T, first.latent_T) and seconds_again == pytest.approx(seconds)
+    other = edit_bench.stored_inversion_path(bundled, case, InversionConfig(method="ddim", num_steps=6, keep_pivot=False), tmp_path)
+    assert other != edit_bench.stored_inversion_path(bundled, case, config, tmp_path) and not other.exists()

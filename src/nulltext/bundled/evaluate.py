@@ -47,17 +47,21 @@ def _background_colour(rgb: np.ndarray) -> np.ndarray:
     return np.median(ring, axis=0)
 
 
+def _foreground(rgb: np.ndarray, background: np.ndarray) -> np.ndarray:
+    return np.sqrt(((rgb - background) ** 2).sum(-1)) > FOREGROUND_DISTANCE  # (H, W)
+
+
 def foreground(image: Image.Image | np.ndarray) -> np.ndarray:
     """(H, W) bool: the pixels the judge counts as the shape (farther than FOREGROUND_DISTANCE from the ring)."""
     rgb = np.asarray(image, dtype=np.float64)[..., :3]  # (H, W, 3)
-    return np.sqrt(((rgb - _background_colour(rgb)) ** 2).sum(-1)) > FOREGROUND_DISTANCE
+    return _foreground(rgb, _background_colour(rgb))
 
 
 def judge(image: Image.Image | np.ndarray) -> Judgement:
     """Name the background, the shape's colour and the shape of one image."""
     rgb = np.asarray(image, dtype=np.float64)[..., :3]  # (H, W, 3)
     bg = _background_colour(rgb)
-    fg = foreground(rgb)  # (H, W)
+    fg = _foreground(rgb, bg)  # (H, W)
     background = data.nearest_colour(bg)
     if fg.mean() < 0.02:
         return Judgement(background, None, None, 0.0)
