@@ -55,6 +55,37 @@ def test_invert_info_reconstruct_edit_attention(tmp_path, nti, tiny_dir, capsys,
     assert code == 0 and maps.exists()
 
 
+def test_info_reads_the_header_alone(nti, tmp_path):
+    """`nulltext info` reads the header and the tensor table, no tensor and no heavy library (#23: ≤ 1 s),
+    and says what loading the whole file says; a file cut inside its data is refused in one line."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom nulltext.cli import main\nassert main(['info', sys.argv[1]]) == 0\n"
+            "print(*sorted(m for m in ('torch', 'diffusers', 'transformers', 'numpy', 'PIL', 'safetensors')\n"
+            "              if m in sys.modules), 'end', file=sys.stderr)")
+    run_ = subprocess.run([sys.executable, "-c", code, str(nti)], capture_output=True, text=True, check=True)
+    assert run_.stderr.splitlines()[-1] == "end", run_.stderr  # none of the heavy libraries was imported
+    inv = load_inversion(nti)
+    assert f"latent:          {tuple(inv.latent_T.shape)}, null embeddings {tuple(inv.null_embeddings.shape)}" in run_.stdout
+    assert f"iterations:      {sum(inv.inner_iterations)} (max {max(inv.inner_iterations)} per step)" in run_.stdout
+    assert f"prompt:          {inv.prompt}\n" in run_.stdout and "photo stored" in run_.stdout
+    cut = tmp_path / "cut.nti"
+    cut.write_bytes(nti.read_bytes()[:-100])
+    code_, out, err = run_main(cut)
+    assert code_ == 2 and out == "" and len(err.splitlines()) == 1 and "lies outside the file" in err
+
+
+def run_main(*argv):
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["info", *map(str, argv)])
+    return code, out.getvalue(), err.getvalue()
+
+
 def test_existing_outputs_are_kept_without_force(tmp_path, nti, tiny_dir, photo, capsys):
     before = nti.read_bytes()
     code, out, err = run(capsys, "invert", photo[0], "--prompt", photo[1], "-o", nti, "--model", tiny_dir, "--quiet")

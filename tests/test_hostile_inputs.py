@@ -626,7 +626,7 @@ def test_unexpected_errors_are_one_line_with_a_pointer_to_debug(good_nti, capsys
     def broken(*args, **kwargs):
         raise KeyError("an internal surprise\nwith a second line")
 
-    monkeypatch.setattr("nulltext.inversion.file.load_inversion", broken)
+    monkeypatch.setattr("nulltext.inversion.header.read_file_header", broken)
     code, out, err = run(capsys, "info", good_nti)
     assert_one_line_error(code, err, "KeyError", "an internal surprise", "(run with --debug for the traceback)")
     with pytest.raises(KeyError):

@@ -32,3 +32,15 @@ def check_fraction(value, name: str) -> None:
 def check_flag(value, name: str) -> None:
     if not isinstance(value, bool):
         raise SettingsError(f"{name} {value!r} must be true or false")
+
+
+def utf8_problem(text: str) -> str | None:
+    """Where `text` cannot be written as UTF-8 ("byte 0xe9 at character 4": an undecodable byte kept as a
+    surrogate escape; "U+D800 at character 1": a lone surrogate), or None if it can."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start]
+        byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
+        return f"{byte} at character {e.start + 1}"
+    return None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nulltext.inversion.null_text import InversionConfig
-from nulltext.model import utf8_problem
+from nulltext.settings import utf8_problem
 from nulltext.errors import NulltextError
 
 ROW_KEYS = ("image", "prompt", "id", "edits")

@@ -170,24 +170,27 @@ def cmd_attention(args) -> None:
 
 
 def cmd_info(args) -> None:
-    from nulltext.inversion.file import load_inversion
+    """The file's header and tensor table only (no torch, no tensor read): milliseconds on any file."""
+    from nulltext.inversion.header import read_file_header
 
-    inv = load_inversion(args.inversion)
-    T = inv.config.num_steps
+    file = read_file_header(args.inversion)
+    h, shapes = file.header, {name: shape for name, (_, shape) in file.tensors.items()}
+    T = h.config.num_steps
     lines = [
-        f"prompt:          {inv.prompt}",
-        f"method:          {inv.config.method}, {T} DDIM steps, guidance {inv.config.guidance_scale}",
-        f"image:           {inv.image_size[0]}x{inv.image_size[1]}"
-        + (f" from {inv.source_path} crop {inv.crop_box}" if inv.source_path else ""),
-        f"model:           {inv.model_source} (weights {inv.model_identity})",
-        f"latent:          {tuple(inv.latent_T.shape)}, null embeddings {tuple(inv.null_embeddings.shape)}"
-        + (f", pooled {tuple(inv.null_pooled.shape)}" if inv.null_pooled is not None else "")
-        + (", pivot stored" if inv.pivot is not None else ""),
-        f"wall time:       {inv.wall_time:.1f} s",
+        f"prompt:          {h.prompt}",
+        f"method:          {h.config.method}, {T} DDIM steps, guidance {h.config.guidance_scale}"
+        + (f", {h.config.optimizer} optimiser" if h.config.method == "null-text" else ""),
+        f"image:           {h.image_size[0]}x{h.image_size[1]}"
+        + (f" from {h.source_path} crop {h.crop_box}" if h.source_path else ""),
+        f"model:           {h.model_source} (weights {h.model_identity})",
+        f"latent:          {shapes.get('latent_T')}, null embeddings {shapes.get('null_embeddings')}"
+        + (f", pooled {shapes['null_pooled']}" if "null_pooled" in shapes else "")
+        + (", pivot stored" if "pivot" in shapes else "") + (", photo stored" if "photo" in shapes else ""),
+        f"wall time:       {h.wall_time:.1f} s",
     ]
-    if inv.losses:
-        lines.append(f"Adam iterations: {sum(inv.inner_iterations)} (max {max(inv.inner_iterations)} per step)")
-        lines.append(f"final losses:    t=T {inv.losses[-1]:.2e}, t=1 {inv.losses[0]:.2e}")
+    if h.losses:
+        lines.append(f"iterations:      {sum(h.inner_iterations)} (max {max(h.inner_iterations)} per step)")
+        lines.append(f"final losses:    t=T {h.losses[-1]:.2e}, t=1 {h.losses[0]:.2e}")
     print("\n".join(lines))
 
 

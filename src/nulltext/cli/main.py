@@ -30,7 +30,7 @@ _TEXT_ARGUMENTS = {"prompt": "--prompt", "targets": "a target prompt", "reweight
 
 def _check_text_arguments(args) -> None:
     """Text that is not valid UTF-8 arrives as surrogate escapes; refuse it naming the argument."""
-    from nulltext.model import utf8_problem
+    from nulltext.settings import utf8_problem
 
     for dest, name in _TEXT_ARGUMENTS.items():
         values = getattr(args, dest, None)
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False) or os.environ.get("NULLTEXT_DEBUG"))
     try:
-        _quiet_libraries()
+        if not getattr(args, "reads_no_model", False):
+            _quiet_libraries()
         _check_text_arguments(args)
         with _TerminateAsExit():
             code = args.func(args)
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from nulltext.errors import one_line, runtime_errors
 
-        hint = "" if isinstance(e, (NulltextError, *runtime_errors())) else " (run with --debug for the traceback)"
+        hint = "" if isinstance(e, NulltextError) or isinstance(e, runtime_errors()) else " (run with --debug for the traceback)"
         print(f"nulltext: error: {one_line(e)}{hint}", file=sys.stderr)
         return EXIT_ERROR
     return code or 0

@@ -229,5 +229,5 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="print an .nti file's metadata")
     s.add_argument("inversion")
     s.add_argument("--debug", action="store_true", help="show the traceback of an error (or set NULLTEXT_DEBUG=1)")
-    s.set_defaults(func=cmd_info)
+    s.set_defaults(func=cmd_info, reads_no_model=True)  # no torch, no model library: milliseconds
     return p

@@ -13,6 +13,7 @@ from nulltext.core.conditioning import TextConditioning
 from nulltext.errors import short
 from nulltext.model.device import available_memory
 from nulltext.model.errors import PromptError, SizeError
+from nulltext.settings import utf8_problem
 
 @dataclass
 class Model:
@@ -211,14 +212,3 @@ def check_prompt_text(prompt) -> None:
     if problem:
         raise PromptError(f"the prompt is not valid UTF-8 ({problem}) — pass the caption as UTF-8 text")
 
-
-def utf8_problem(text: str) -> str | None:
-    """Where `text` cannot be written as UTF-8 ("byte 0xe9 at character 4": an undecodable byte kept as a
-    surrogate escape; "U+D800 at character 1": a lone surrogate), or None if it can."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        bad = text[e.start]
-        byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
-        return f"{byte} at character {e.start + 1}"
-    return None
