@@ -170,3 +170,20 @@ def bundled_null_text(bundled, shared_dir):
         return load_inversion(path, bundled)
 
     return get
+
+
+@pytest.fixture(scope="session")
+def computed_once(shared_dir):
+    """`computed_once(key, compute)`: compute()'s result, computed once per run across all xdist workers
+    (under a file lock, kept with torch.save) and handed out as a fresh load; for results several tests
+    ask of the same inputs, as the edits of the Prompt-to-Prompt tests."""
+    from filelock import FileLock
+
+    def get(key: str, compute):
+        path = shared_dir / f"result-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+        with FileLock(f"{path}.lock"):
+            if not path.exists():
+                torch.save(compute(), path)
+        return torch.load(path, weights_only=False)
+
+    return get

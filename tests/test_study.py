@@ -11,17 +11,17 @@ from nulltext.evaluation.study import (GUIDANCE_SETTINGS, AblationConfig, ablati
 
 
 def test_ablation_orderings(bundled, tmp_path):
-    config = AblationConfig(checkpoints=(0, 25, 250), methods=("null-text", "global null", "random pivot"),
-                            inversion=InversionConfig(num_steps=25, early_stop=0.0, early_stop_growth=0.0))
+    config = AblationConfig(checkpoints=(0, 10, 100), methods=("null-text", "global null", "random pivot"),
+                            inversion=InversionConfig(num_steps=10, early_stop=0.0, early_stop_growth=0.0))
     r = run_ablation(bundled, study_photos([0], bundled.default_size[0]), config)
     nt, gl, ddim = r.mean("null-text"), r.mean("global null"), r.mean("DDIM w=7.5")[0]
     # the paper's ordering: per-step null-text ≥ one global ∅ optimised over all steps ≥ DDIM at w = 7.5
     assert nt[-1] >= gl[-1] >= ddim + 3, (nt, gl, ddim)
     assert abs(gl[0] - ddim) < 1e-6  # the global ∅ starts at ψ("")
-    assert nt[-1] >= r.mean("VAE bound")[0] - 0.5
+    assert nt[-1] >= r.mean("VAE bound")[0] - 1.0  # at 10 steps: measured 0.39 dB below (at 50: test_inversion)
     assert r.mean("random pivot")[1] < nt[1]  # a random pivot converges slower
     assert abs(nt[0] - ddim) < 1e-6  # no iterations: null-text is DDIM inversion at w = 7.5
-    paths = ablation_report(r, tmp_path, "bundled", 25)
+    paths = ablation_report(r, tmp_path, "bundled", 10)
     assert [p.name for p in paths] == ["ablation.png", "ablation.md", "ablation.json"]
     assert "| null-text |" in paths[1].read_text()
 
@@ -51,7 +51,7 @@ def test_textual_inversion_is_algorithm_1_with_roles_swapped():
 
 
 def test_guidance_table_conclusions(bundled, bundled_null_text, tmp_path):
-    indices = [0, 1, 2]  # photo 1 is shared with other tests
+    indices = [1, 5, 6]  # the photos other tests invert too
     photos = study_photos(indices, bundled.default_size[0])
     # every row but DDIM (7.5, 1), which no claim here is about (the study command runs all five)
     settings = [s for s in GUIDANCE_SETTINGS if s[1:3] != (7.5, 1.0)]
