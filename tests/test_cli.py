@@ -55,6 +55,28 @@ def test_invert_info_reconstruct_edit_attention(tmp_path, nti, tiny_dir, capsys,
     assert code == 0 and maps.exists()
 
 
+def test_edit_prints_the_word_diff_and_blend_auto_marks_the_changed_words(tmp_path, nti, tiny_dir, capsys, photo):
+    """`--blend auto` is `--blend <changed words>`, pixel for pixel; the changes are printed before the
+    model loads, and a target that only appends words is warned of in one line."""
+    caption = photo[1]
+    colour, shape = caption.split()[1:3]
+    new_colour = "green" if colour != "green" else "red"
+    target = caption.replace(f"a {colour} {shape}", f"a {new_colour} {shape}", 1)
+    outs = {}
+    for blend in ("auto", f"{colour},{new_colour}"):
+        out = tmp_path / blend.replace(",", "_")
+        code, stdout, err = run(capsys, "edit", nti, target, "-o", out, "--model", tiny_dir, "--blend", blend)
+        assert code == 0, err
+        assert f'edit 1: "{colour}" → "{new_colour}"' in stdout and f"blend words: {colour}, {new_colour}" in stdout
+        outs[blend] = np.asarray(Image.open(out / "edit_01.png"))
+    assert np.array_equal(*outs.values())
+    code, stdout, err = run(capsys, "edit", nti, caption, "-o", tmp_path / "same", "--model", tiny_dir, "--blend", "auto")
+    assert code == 2 and err.count("\n") == 1 and "--blend WORDS or --mask" in err
+    assert not (tmp_path / "same").exists()
+    code, stdout, err = run(capsys, "edit", nti, caption + " with a hat", "-o", tmp_path / "hat", "--model", tiny_dir)
+    assert code == 0 and 'only adds "with a hat"' in err and err.count("\n") == 1
+
+
 def test_info_reads_the_header_alone(nti, tmp_path):
     """`nulltext info` reads the header and the tensor table, no tensor and no heavy library (#23: ≤ 1 s),
     and says what loading the whole file says; a file cut inside its data is refused in one line."""

@@ -32,6 +32,7 @@ from PIL import Image  # noqa: E402
 from nulltext.app_uploads import GatedBlocks  # noqa: E402
 from nulltext.bundled import data  # noqa: E402
 from nulltext.editing.from_inversion import attention_maps, edit  # noqa: E402
+from nulltext.editing.word_diff import auto_blend_words  # noqa: E402
 from nulltext.io.images import load_image, output_metadata, save_png, to_pil, to_tensor  # noqa: E402
 from nulltext.inversion.config import InversionConfig, Method  # noqa: E402
 from nulltext.inversion.null_text import Inversion, invert  # noqa: E402
@@ -175,8 +176,11 @@ class WebApp:
                 raise gr.Error("type at least one target caption, e.g. the caption with one word changed")
             if mode not in get_args(Mode):
                 raise gr.Error(f"unknown edit mode {mode!r} — use auto, replace or refine")
+            blend_words = _words(blend)
+            if blend_words == ["auto"]:  # the words the targets change
+                blend_words = auto_blend_words(inversion.prompt, prompts)
             config = EditConfig(mode=mode, cross_replace=float(cross), self_replace=float(self_replace),
-                                reweight=_reweights(reweight), blend_words=_words(blend), blend_subtract=_words(keep),
+                                reweight=_reweights(reweight), blend_words=blend_words, blend_subtract=_words(keep),
                                 blend_mask=_drawn_mask(mask, inversion.image_size))
 
             def step(report: StepReport) -> None:
@@ -269,7 +273,8 @@ class WebApp:
                     targets = gr.Textbox(label="Target captions, one per line", lines=2, elem_id="targets",
                                          placeholder="a green circle on a blue background")
                     mode = gr.Radio(list(get_args(Mode)), value=ed.mode, label="Mode")
-                    blend = gr.Textbox(label="Blend words (edit only where these words attend)", placeholder="circle",
+                    blend = gr.Textbox(label="Blend words (edit only where these words attend; auto: the changed words)",
+                                       placeholder="circle",
                                        elem_id="blend")
                     with gr.Accordion("More edit controls", open=False):
                         cross = gr.Slider(0.0, 1.0, value=ed.cross_replace, step=0.05, label="Cross-attention replacement (fraction of steps)")

@@ -121,6 +121,8 @@ def cmd_reconstruct(args) -> None:
 
 def cmd_edit(args) -> None:
     from nulltext.editing.from_inversion import edit
+    from nulltext.editing.word_diff import auto_blend_words, describe, unnamed_region_warnings, word_diff
+    from nulltext.inversion.header import read_file_header
     from nulltext.io.images import make_grid, output_metadata, save_png, to_pil
     from nulltext.io.viz import edit_mask_overlay
 
@@ -129,8 +131,18 @@ def cmd_edit(args) -> None:
     names = [out / f"edit_{j + 1:02d}.png" for j in range(n)] + [out / "grid.png"]
     mask_names = [out / f"edit_{j + 1:02d}_mask.png" for j in range(n)] if args.blend or args.mask else []
     _refuse_existing(names + mask_names, args)
+    source = read_file_header(args.inversion).header.prompt  # the words first: milliseconds, before the model
+    targets = args.targets or [source]
+    if args.blend == ["auto"]:
+        args.blend = auto_blend_words(source, targets)
+    if not args.quiet:
+        for j, target in enumerate(targets):
+            print(f"edit {j + 1}: {describe(word_diff(source, target))}")
+        if args.blend:
+            print(f"blend words: {', '.join(args.blend)}")
+        for warning in unnamed_region_warnings(source, targets):
+            print(f"nulltext: warning: {warning}", file=sys.stderr)
     model, inversion = _open(args)
-    targets = args.targets or [inversion.prompt]
     config = _edit_config(args, inversion)
     result = edit(model, inversion, targets, config, _step_bar(args, "edit"))
     images = to_pil(result.images)

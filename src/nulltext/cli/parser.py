@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--self", dest="self_replace", type=_range, default=ed("self_replace"),
                    help=f"self-attention replacement (default: {ed('self_replace')})")
     s.add_argument("--reweight", type=_scale, action="append", help="WORD=SCALE, repeatable (negative and 0 allowed)")
-    s.add_argument("--blend", type=_words, help="comma-separated words marking the region to edit")
+    s.add_argument("--blend", type=_words, help="comma-separated words marking the region to edit, or 'auto': "
+                                                "the words the targets change (printed)")
     s.add_argument("--subtract", type=_words, help="comma-separated words whose region stays as in the source")
     s.add_argument("--mask", type=Path, help="a PNG at the photo's size: white = where the edit may change the photo")
     s.add_argument("--mask-combine", default=ed("blend_mask_combine"), choices=list(typing.get_args(MaskCombine)),
