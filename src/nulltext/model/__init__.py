@@ -22,9 +22,9 @@ nulltext does not drive, refused in one line), `device` (device, dtype, memory).
 from nulltext.model.compute import Model, check_prompt_text, utf8_problem
 from nulltext.model.errors import ModelLoadError, PromptError, SizeError
 from nulltext.model.device import DTYPES, available_memory, default_device, resolve_dtype
-from nulltext.model.loading import BUNDLED, bundled_model_path, load_model, weights_identity
+from nulltext.model.loading import BUNDLED, bundled_model_path, from_pipeline, load_model, weights_identity
 from nulltext.model.refusals import SUPPORTED_PIPELINES, SUPPORTED_TEXT, UNSUPPORTED_PIPELINES, check_architecture
 
 __all__ = ["BUNDLED", "DTYPES", "SUPPORTED_PIPELINES", "SUPPORTED_TEXT", "UNSUPPORTED_PIPELINES", "Model",
            "ModelLoadError", "PromptError", "SizeError", "available_memory", "bundled_model_path", "check_architecture",
-           "check_prompt_text", "default_device", "load_model", "resolve_dtype", "utf8_problem", "weights_identity"]
+           "check_prompt_text", "default_device", "from_pipeline", "load_model", "resolve_dtype", "utf8_problem", "weights_identity"]

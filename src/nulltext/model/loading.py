@@ -55,10 +55,11 @@ def _ddim_config(config: dict) -> dict:
     return dict(DDIMScheduler.from_config(config).config)
 
 
-def load_model(source: str | Path | None = None, device: str | torch.device | None = None,
+def load_model(source=None, device: str | torch.device | None = None,
                dtype: str | torch.dtype | None = None, allow_pickle: bool = False,
                config: str | Path | None = None) -> Model:
-    """Load an SD 1.x/2.x or SDXL model: "bundled", a hub id, a diffusers folder or one checkpoint file.
+    """Load an SD 1.x/2.x or SDXL model: "bundled", a hub id, a diffusers folder, one checkpoint file, or
+    a diffusers pipeline already loaded (`from_pipeline`).
 
     A local folder or file never causes a network request. A hub id is read from the local Hugging
     Face cache first; only if it is not there is the hub asked, after a quick check that it can be
@@ -68,6 +69,8 @@ def load_model(source: str | Path | None = None, device: str | torch.device | No
     when loaded and is refused unless `allow_pickle`. Models of other architectures are refused
     before their weights are read where their configs allow it. Every failure is one ModelLoadError line.
     """
+    if hasattr(source, "components") and hasattr(source, "unet"):  # a DiffusionPipeline the caller holds
+        return from_pipeline(source, device, dtype)
     source = BUNDLED if source in (None, "", BUNDLED) else str(source)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -81,6 +84,34 @@ def load_model(source: str | Path | None = None, device: str | torch.device | No
             f"cannot load model {source!r}: {first_line(e, 160)} — pass --model with a diffusers folder, "
             "a .safetensors file, or a hub id that is cached locally"
         ) from None
+    return _model(c, source, dev, dt)
+
+
+def from_pipeline(pipe, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> Model:
+    """A Model sharing the modules of a loaded `StableDiffusionPipeline` or `StableDiffusionXLPipeline`
+    (their device, dtype, LoRAs and scheduler config): nothing is copied or reloaded. Like every Model
+    it puts the modules in eval mode with frozen weights (inversion optimises embeddings only), and in
+    fp16 it runs the VAE in fp32 where its config asks (`force_upcast`), as the pipelines do to decode.
+    `device` and `dtype`, if given, must be the pipeline's: move the pipeline with `pipe.to(...)`."""
+    name = type(pipe).__name__
+    c = {k: getattr(pipe, k, None) for k in ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")}
+    missing = [k for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(pipe, k, None) is None]
+    if missing:
+        raise ModelLoadError(f"the {name} has no {missing[0]} — pass a StableDiffusionPipeline or "
+                             "StableDiffusionXLPipeline with all its components")
+    dev, dt = c["unet"].device, c["unet"].dtype
+    if (device is not None and resolve_device(device) != dev) or (dtype is not None and resolve_dtype(dtype, dev) != dt):
+        raise ModelLoadError(f"the pipeline is on {dev} in {str(dt).removeprefix('torch.')}, not on the device and "
+                             "dtype asked for — move it with pipe.to(...), or leave device and dtype unset")
+    check_architecture(name, name, c["unet"].config, c["vae"].config,
+                       c["text_encoder"].config if c["text_encoder"] is not None else None,
+                       c["text_encoder_2"].config if c["text_encoder_2"] is not None else None)
+    c["scheduler_config"] = _ddim_config(dict(pipe.scheduler.config))
+    return _model(c, f"pipeline {name}", dev, dt)
+
+
+def _model(c: dict, source: str, dev: torch.device, dt: torch.dtype) -> Model:
+    """The Model of loaded components on `dev` in `dt` (modules already there are not copied)."""
     unet, vae, text_encoder, text_encoder_2 = c["unet"], c["vae"], c["text_encoder"], c.get("text_encoder_2")
     tokenizer_2 = c.get("tokenizer_2")
     if tokenizer_2 is not None and tokenizer_2.model_max_length != c["tokenizer"].model_max_length:

@@ -1,0 +1,51 @@
+"""A diffusers pipeline the user already holds, as the model (`load_model(pipe)`): its modules shared,
+not copied, and results equal to loading the same weights from their folder; SD 1.x and SDXL."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from nulltext.bundled import data
+from nulltext.editing import edit, reconstruct
+from nulltext.inversion import InversionConfig, invert
+from nulltext.io.images import to_tensor
+from nulltext.model import ModelLoadError, load_model
+from numerics import relative_error
+
+CONFIG = InversionConfig(num_steps=4, inner_steps=3)
+
+
+def _pipeline(family: str, folder):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    return cls.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_a_loaded_pipeline_is_the_model_of_its_folder(family, tiny_dir, tiny_xl_dir):
+    folder = tiny_xl_dir if family == "sdxl" else tiny_dir
+    pipe = _pipeline(family, folder)
+    shared, loaded = load_model(pipe), load_model(folder, device="cpu")
+    assert shared.unet is pipe.unet and shared.vae is pipe.vae and shared.text_encoder is pipe.text_encoder
+    assert shared.text_encoder_2 is getattr(pipe, "text_encoder_2", None)  # SDXL's second encoder, or none
+    assert shared.identity == loaded.identity and shared.source == f"pipeline {type(pipe).__name__}"
+    image, caption = data.sample("test", 2, shared.default_size[0])
+    ours, theirs = (invert(m, to_tensor(image), caption, CONFIG) for m in (shared, loaded))
+    assert relative_error(ours.null_embeddings, theirs.null_embeddings) < 1e-5
+    assert relative_error(reconstruct(shared, ours), reconstruct(loaded, theirs)) < 1e-5
+    # an inversion made through the pipeline replays on the folder's model (same weights identity)
+    target = caption.replace(caption.split()[2], "square" if "square" not in caption else "circle")
+    assert relative_error(edit(loaded, ours, [target]).images, edit(shared, ours, [target]).images) < 1e-5
+
+
+def test_a_pipeline_elsewhere_or_incomplete_is_refused_in_one_line(tiny_dir):
+    pipe = _pipeline("sd", tiny_dir)
+    with pytest.raises(ModelLoadError, match=r"pipe\.to") as e:
+        load_model(pipe, dtype="float16")
+    assert "\n" not in str(e.value)
+    assert pipe.unet.dtype == torch.float32  # nothing was moved
+    pipe.text_encoder = None
+    with pytest.raises(ModelLoadError, match="has no text_encoder"):
+        load_model(pipe)
