@@ -35,7 +35,7 @@ from nulltext.model import Model
 from nulltext.io.outputs import publish
 from nulltext.errors import first_line
 from nulltext.inversion.header import (FORMAT, FORMAT_VERSION, REINVERT, TENSORS,
-                                       InversionFileError, check_format, header_keys, is_text, parse_header,
+                                       InversionFileError, check_format, is_text, parse_header,
                                        shape_problem)
 
 
@@ -82,8 +82,8 @@ def load_inversion(path: str | Path, model: Model | None = None) -> Inversion:
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for bad files
         raise InversionFileError(f"'{path}' is not a readable inversion file (corrupt or not safetensors: "
                                  f"{first_line(e, 120)}) — {REINVERT}") from None
-    check_format(metadata, f"'{path}'")
-    inversion = _from_header(metadata.get(header_keys(metadata)[1]), tensors, f"'{path}'")
+    header_key = check_format(metadata, f"'{path}'")
+    inversion = _from_header(metadata.get(header_key), tensors, f"'{path}'")
     if model is None:
         check_inversion(inversion, path)
     else:

@@ -98,8 +98,7 @@ def read_file_header(path: str | Path) -> FileHeader:
     except (OSError, ValueError, KeyError, TypeError, struct.error, RecursionError) as e:
         raise InversionFileError(f"'{path}' is not a readable inversion file (corrupt or not safetensors: "
                                  f"{first_line(e, 120)}) — {REINVERT}") from None
-    check_format(metadata, f"'{path}'")
-    header = parse_header(metadata.get(header_keys(metadata)[1]), f"'{path}'")
+    header = parse_header(metadata.get(check_format(metadata, f"'{path}'")), f"'{path}'")
     tensors = {k: v for k, v in tensors.items() if k in TENSORS}
     problem = next((f"{name} has dtype {dtype}, not {'U8' if name == 'photo' else 'a float type'}"
                     for name, (dtype, _) in tensors.items() if (dtype == "U8") != (name == "photo")
@@ -110,8 +109,9 @@ def read_file_header(path: str | Path) -> FileHeader:
     return FileHeader(header, tensors)
 
 
-def check_format(metadata: dict, where: str) -> None:
-    """Refuse a safetensors file that is not a nulltext inversion, or of another format version."""
+def check_format(metadata: dict, where: str) -> str:
+    """The metadata key of a nulltext inversion's header; refuses a safetensors file that is not a nulltext
+    inversion, or of another format version."""
     keys = header_keys(metadata) if isinstance(metadata, dict) else None
     if keys is None:
         raise InversionFileError(f"{where} is a safetensors file but not a nulltext inversion — "
@@ -119,6 +119,7 @@ def check_format(metadata: dict, where: str) -> None:
     if metadata.get(keys[0]) != str(FORMAT_VERSION):
         raise InversionFileError(f"{where} has inversion format version {str(metadata.get(keys[0]))[:20]}, "
                                  f"this nulltext reads version {FORMAT_VERSION} — {REINVERT} with this version")
+    return keys[1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -103,9 +103,8 @@ def from_pipeline(pipe, device: str | torch.device | None = None, dtype: str | t
     if (device is not None and resolve_device(device) != dev) or (dtype is not None and resolve_dtype(dtype, dev) != dt):
         raise ModelLoadError(f"the pipeline is on {dev} in {str(dt).removeprefix('torch.')}, not on the device and "
                              "dtype asked for — move it with pipe.to(...), or leave device and dtype unset")
-    check_architecture(name, name, c["unet"].config, c["vae"].config,
-                       c["text_encoder"].config if c["text_encoder"] is not None else None,
-                       c["text_encoder_2"].config if c["text_encoder_2"] is not None else None)
+    check_architecture(name, name, c["unet"].config, c["vae"].config, c["text_encoder"].config,
+                       getattr(c["text_encoder_2"], "config", None))
     c["scheduler_config"] = _ddim_config(dict(pipe.scheduler.config))
     return _model(c, f"pipeline {name}", dev, dt)
 
