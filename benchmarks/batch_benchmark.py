@@ -4,7 +4,7 @@
 
 The same N test photos of the bundled data set are inverted with `invert_batch` in batches of K, for
 each K, each K in a fresh process (so that its peak memory is its own): photos per minute, the speed-up
-over K = 1 measured in this same run (ratios hold across machines; absolute rates do not), the Adam
+over K = 1 measured in this same run (ratios hold across machines; absolute rates do not), the inner
 iterations (equal for every K up to early-stop ties), and the peak memory beyond the loaded model
 (CPU: the process's peak resident set; CUDA: torch's peak allocation). Run it on a quiet machine.
 """
@@ -70,7 +70,7 @@ def main() -> None:
                                                "device": args.device, "threads": args.threads},)))
     base = rows[0]["photos_per_minute"]
     print(f"{args.images} photos, {args.steps} DDIM steps, model {args.model}")
-    print("| K | photos/min | speed-up vs K=1 | Adam iterations | peak memory beyond the model |")
+    print("| K | photos/min | speed-up vs K=1 | inner iterations (secant trials) | peak memory beyond the model |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['k']} | {r['photos_per_minute']:.2f} | {r['photos_per_minute'] / base:.2f}× | {r['iterations']} | "

@@ -1,20 +1,20 @@
-"""Faster null-text inversion: every candidate against today's default, timed in one run.
+"""Faster null-text inversion: every candidate against the paper's Adam, timed in one run.
 
     python benchmarks/fast_inversion_benchmark.py [--images 10] [--edit-cases 10] [--edit-baseline docs/bench/edits.json]
                                                   [-o docs/fast_inversion]
 
 For each of N test photos of the bundled model, interleaved (one photo, every candidate, next photo):
 wall time, UNet forward samples and backward passes, Adam iterations or secant trials, reconstruction
-PSNR and the VAE-only bound. Times are ratios to the paper's Adam loop (today's default) on the same
+PSNR and the VAE-only bound. Times are ratios to the paper's Adam loop on the same
 photo in the same run. Then the edit benchmark's first cases (`--edit-cases` per edit type, null-text only,
-ψ("") on the edited captions, with and without blend) for the `--fast` preset and the default — the
-default's edits taken from a committed `nulltext bench edits` run (`--edit-baseline`) or recomputed.
+ψ("") on the edited captions, with and without blend) for the secant default and the paper's Adam — Adam's
+edits taken from a committed `nulltext bench edits` run (`--edit-baseline`) or recomputed.
 Writes fast_inversion.md, fast_inversion.json and fast_inversion.png (PSNR against time: the Pareto front).
 
 Candidates (the levers measured):
 - null-text, paper Adam (baseline);
 - Adam with a smaller budget (≤ 3 updates per step): the cheap lever, for comparison;
-- `secant_descent`: the `--fast` preset (stall 0.10), and stall 0.05 and 0.20 around it;
+- `secant_descent`: the default (≤ 5 trials per step, stall ½), and ≤ 3 and ≤ 10 trials around it;
 - the existing one-pass methods: ddim, negative-prompt, direct.
 """
 
@@ -38,16 +38,16 @@ from nulltext.evaluation.metrics import psnr
 from nulltext.model import load_model
 
 CANDIDATES = {  # label → settings
-    "null-text, Adam (paper, default)": InversionConfig(),
-    "null-text, Adam ≤ 3 updates/step": InversionConfig(inner_steps=3),
-    "null-text, secant, stall 0.05": InversionConfig.fast(stall=0.05),
-    "null-text --fast (secant, stall 0.10)": InversionConfig.fast(),
-    "null-text, secant, stall 0.20": InversionConfig.fast(stall=0.20),
+    "null-text, Adam (paper)": InversionConfig.paper(),
+    "null-text, Adam ≤ 3 updates/step": InversionConfig.paper(inner_steps=3),
+    "null-text, secant ≤ 3 trials/step": InversionConfig(trials=3),
+    "null-text, secant (default: ≤ 5 trials, stall ½)": InversionConfig(),
+    "null-text, secant ≤ 10 trials/step": InversionConfig(trials=10),
     "ddim": InversionConfig(method="ddim"),
     "negative-prompt": InversionConfig(method="negative-prompt"),
     "direct": InversionConfig(method="direct"),
 }
-BASELINE = "null-text, Adam (paper, default)"
+BASELINE = "null-text, Adam (paper)"
 
 
 class UNetCounter:
@@ -111,7 +111,7 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-FAST = "null-text --fast (secant, stall 0.10)"
+FAST = "null-text, secant (default: ≤ 5 trials, stall ½)"
 
 
 def measure_edits(model, per_type: int, baseline: str | None, progress: bool) -> dict:
@@ -156,7 +156,7 @@ def report(summary, edits, rows, n_photos, n_cases, seconds) -> str:
     if edits:
         lines += ["", f"Edit benchmark, the first {n_cases} cases of each edit type (seed 0), null-text, ψ(\"\") on the "
                   f"edited captions; paper-Adam edits from {edits['baseline_from']}:", "",
-                  "| edit type | blend | cases | accuracy, paper Adam | accuracy, --fast | bg PSNR dB, paper Adam | bg PSNR dB, --fast |",
+                  "| edit type | blend | cases | accuracy, paper Adam | accuracy, secant | bg PSNR dB, paper Adam | bg PSNR dB, secant |",
                   "|---|---|---|---|---|---|---|"]
         rows = {(r["inversion"], r["edit_type"], r["blend"]): r for r in edits["table"]}
         types = list(dict.fromkeys(t for _, t, _ in rows if t != "all")) + ["all"]

@@ -29,8 +29,9 @@ from nulltext.evaluation.metrics import psnr
 from nulltext.model import load_model
 
 
-def authors_null_text(model, pivot, cond, uncond, schedule, config, frozen: bool) -> int:
-    """The authors' notebook loop, ported step for step; returns its Adam iterations.
+def authors_null_text(model, pivot, cond, uncond, schedule, config, frozen: bool, nulls: list | None = None) -> int:
+    """The authors' notebook loop, ported step for step; returns its Adam iterations (and appends each
+    step's ∅_t to `nulls`, T first, when given).
 
     `frozen=False` is the notebook as published (the pipeline's UNet keeps requires_grad=True).
     """
@@ -53,6 +54,8 @@ def authors_null_text(model, pivot, cond, uncond, schedule, config, frozen: bool
                 iterations += 1
                 if loss.item() < config.early_stop + k * config.early_stop_growth:
                     break
+            if nulls is not None:
+                nulls.append(null.detach().clone())
             with torch.no_grad():
                 out = model.predict(torch.cat([z_cur, z_cur]), tau, torch.cat([null, cond]))
                 z_cur = ddim_step(guided(*out.chunk(2), w), z_cur, t, schedule)
@@ -84,7 +87,7 @@ def main(argv=None) -> None:
     p.add_argument("--model", default=None)
     a = p.parse_args(argv)
     model = load_model(a.model)
-    config = InversionConfig()
+    config = InversionConfig.paper()  # the same algorithm as the authors' loop; the default is in end_to_end_benchmark.py
     rows = []
     for index in range(a.images):
         image, caption = data.sample("test", index, model.default_size[0])

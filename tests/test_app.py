@@ -29,7 +29,7 @@ from nulltext.io.images import read_png_metadata
 from nulltext.inversion.file import load_inversion, save_inversion
 from nulltext.evaluation.metrics import psnr
 
-FAST = dict(method="null-text", steps=10, guidance=7.5, inner_steps=5)
+FAST = dict(method="null-text", steps=10, guidance=7.5, trials=5)
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
@@ -143,7 +143,7 @@ def test_bad_inputs_are_one_line_errors_and_the_app_keeps_serving(app, tiny, tmp
     from nulltext.inversion import InversionConfig, invert
 
     image, caption = data.sample("test", 1, 32)
-    foreign = save_inversion(invert(tiny, to_tensor(image), caption, InversionConfig(num_steps=2, inner_steps=1)),
+    foreign = save_inversion(invert(tiny, to_tensor(image), caption, InversionConfig(num_steps=2, trials=1)),
                              tmp_path / "tiny.nti")
     cases = [
         (lambda: app.invert(Session(), str(bomb), "a red circle", **FAST, progress=no_progress), "too large"),
@@ -193,7 +193,7 @@ def test_two_clients_at_once_both_finish_one_after_the_other(server, tmp_path):
     assert url.startswith("http://127.0.0.1:") and not page.analytics_enabled  # local only, no telemetry
     before = len(web.log)
     users = [(Client(url, verbose=False), *photo_file(tmp_path, i)) for i in (data.DEMO_INDEX, 0)]
-    jobs = [c.submit(handle_file(str(path)), caption, FAST["method"], FAST["steps"], FAST["guidance"], FAST["inner_steps"],
+    jobs = [c.submit(handle_file(str(path)), caption, FAST["method"], FAST["steps"], FAST["guidance"], FAST["trials"],
                      api_name="/invert") for c, path, caption, target, scene in users]
     from gradio_client.utils import Status
 
@@ -409,7 +409,7 @@ def test_in_a_real_browser(server, tmp_path):
         driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(path))
         driver.find_element(By.CSS_SELECTOR, "#caption textarea").send_keys(caption)
         driver.find_element(By.XPATH, "//button[contains(., 'Advanced')]").click()
-        for elem, value in (("steps", FAST["steps"]), ("inner", FAST["inner_steps"])):
+        for elem, value in (("steps", FAST["steps"]), ("inner", FAST["trials"])):
             box = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f"#{elem} input[type=number]"))
             box.send_keys(Keys.CONTROL, "a")
             box.send_keys(str(value), Keys.TAB)

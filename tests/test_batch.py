@@ -24,7 +24,7 @@ from nulltext.evaluation.metrics import psnr
 from nulltext.io.outputs import TEMP_SUFFIX
 from nulltext.evaluation.pie_bench import encode_mask
 
-FAST = {"num_steps": 4, "inner_steps": 2}
+FAST = {"num_steps": 4, "trials": 2}
 
 
 def _photos(folder: Path, n: int, size: int) -> list[tuple[str, str]]:
@@ -60,7 +60,7 @@ def manifest(tmp_path_factory, tiny):
         {"image": p1, "prompt": c1, **FAST},
         {"image": "broken.png", "prompt": "a red circle", **FAST},
         {"image": p1, "prompt": "", **FAST},
-        {"image": p1, "prompt": c1, "num_steps": 4, "inner_steps": 2, "guidance_scale": 1e30},
+        {"image": p1, "prompt": c1, "num_steps": 4, "trials": 2, "guidance_scale": 1e30},
         {"image": p0, "prompt": c0, "colour": "red"},
         {"image": p1, "prompt": c1, **FAST, "edits": [{"target": c1, "blend_words": ["zebra"]}]},
     ]
@@ -111,7 +111,7 @@ def test_good_and_bad_rows_outputs_results_and_exit_code(manifest, tiny, tiny_di
 
     # a CSV of the same rows has the same content keys: all finished
     csv = path.with_name("rows.csv")
-    csv.write_text("image,prompt,num_steps,inner_steps,edits\n"
+    csv.write_text("image,prompt,num_steps,trials,edits\n"
                    f"{rows[1]['image']},{rows[1]['prompt']},4,2,\n")
     n = len(_lines(out))
     assert _run(csv, out, tiny_dir) == 0 and len(_lines(out)) == n
@@ -130,7 +130,7 @@ def test_pie_bench_mapping_file_is_a_manifest(tmp_path):
 
 def test_sigkill_mid_run_then_rerun_completes_exactly_the_missing_rows(tiny, tiny_dir, tmp_path):
     photos = _photos(tmp_path, 4, tiny.default_size[0])
-    path = _write_jsonl(tmp_path / "rows.jsonl", [{"image": p, "prompt": c, "num_steps": 6, "inner_steps": 3,
+    path = _write_jsonl(tmp_path / "rows.jsonl", [{"image": p, "prompt": c, "num_steps": 6, "trials": 3,
                                                   "early_stop": 0.0, "edits": [c]} for p, c in photos])
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -15,7 +15,7 @@ from numerics import relative_error
 
 # 8 steps, at most 4 Adam updates, and a threshold these photos cross at different steps: photo 0
 # stops after 3 updates at t = 2, photo 1 at once at t = 1 and 2, photo 2 never stops early
-CONFIG = InversionConfig(num_steps=8, inner_steps=4, early_stop=1.5e-2, early_stop_growth=0.0)
+CONFIG = InversionConfig.paper(num_steps=8, inner_steps=4, early_stop=1.5e-2, early_stop_growth=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_a_failing_photo_raises_by_default(bundled, photos):
 
 def test_sdxl_batch_optimises_each_photos_pooled_null_too(tiny_xl):
     """On SDXL the batch carries the whole unconditional bundle (tokens and pooled) per photo, as `invert` does."""
-    config = InversionConfig(num_steps=4, inner_steps=3)
+    config = InversionConfig.paper(num_steps=4, inner_steps=3)
     photos = [data.sample("test", i, tiny_xl.default_size[0]) for i in range(2)]
     alone = [invert(tiny_xl, to_tensor(image), caption, config) for image, caption in photos]
     together = invert_batch(tiny_xl, [to_tensor(image) for image, _ in photos], [c for _, c in photos], config)

@@ -45,7 +45,7 @@ def _lines(out: Path) -> list[dict]:
 
 
 def test_ray_gives_the_local_results(local_ray, tiny, tiny_dir, tmp_path):
-    path = _manifest(tmp_path, 2, tiny.default_size[0], num_steps=4, inner_steps=2)
+    path = _manifest(tmp_path, 2, tiny.default_size[0], num_steps=4, trials=2)
     local, remote = tmp_path / "local", tmp_path / "ray"
     run_manifest(tiny, read_manifest(path), local, BatchConfig(batch_size=2))
     assert main(["batch", str(path), "-o", str(remote), "--model", str(tiny_dir), "-q", "-k", "2", "--ray",
@@ -79,7 +79,7 @@ def _map_workers() -> list[int]:
 
 
 def test_a_worker_killed_mid_run_is_retried_and_nothing_is_lost_or_doubled(local_ray, tiny, tiny_dir, tmp_path):
-    path = _manifest(tmp_path, 4, tiny.default_size[0], num_steps=5, inner_steps=2, early_stop=0.0)
+    path = _manifest(tmp_path, 4, tiny.default_size[0], num_steps=5, trials=2, early_stop=0.0)
     out = tmp_path / "out"
     killed, earlier = [], set(_map_workers())  # actors of an earlier run may still be shutting down
 

@@ -16,7 +16,7 @@ from numerics import relative_error
 @pytest.fixture(scope="module")
 def inversion(tiny):
     image, caption = data.sample("test", 5, tiny.default_size[0])
-    return invert(tiny, to_tensor(image), caption, InversionConfig(num_steps=10, inner_steps=2))
+    return invert(tiny, to_tensor(image), caption, InversionConfig(num_steps=10, trials=2))
 
 
 def test_source_row_equals_reconstruction(tiny, inversion):

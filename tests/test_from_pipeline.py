@@ -13,7 +13,7 @@ from nulltext.io.images import to_tensor
 from nulltext.model import ModelLoadError, load_model
 from numerics import relative_error
 
-CONFIG = InversionConfig(num_steps=4, inner_steps=3)
+CONFIG = InversionConfig(num_steps=4, trials=3)
 
 
 def _pipeline(family: str, folder):

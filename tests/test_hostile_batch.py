@@ -30,7 +30,7 @@ from nulltext.io.outputs import TEMP_SUFFIX
 from nulltext.evaluation.pie_bench import PieBenchError, encode_mask, read_mapping
 from test_batch import _photos
 
-FAST = {"num_steps": 2, "inner_steps": 1}
+FAST = {"num_steps": 2, "trials": 1}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -163,7 +163,7 @@ def test_csv_with_a_bom_a_200kb_cell_and_bytes_that_are_not_utf8(photos):
     folder, [(p0, c0), (p1, c1)] = photos
     path = folder / "excel.csv"
     path.write_bytes(codecs.BOM_UTF8 + b"".join(line + b"\r\n" for line in [
-        b"id,image,prompt,num_steps,inner_steps",
+        b"id,image,prompt,num_steps,trials",
         f"one,{p0},{c0},2,1".encode(),
         b"big," + p0.encode() + b"," + b"x" * 200_000 + b",2,1",  # over the csv module's 131072 field limit
         f"after,{p1},{c1},2,1".encode(),

@@ -49,7 +49,7 @@ def photo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def inversion(tiny, photo):
     image = Image.open(photo[0]).convert("RGB")
-    return invert(tiny, to_tensor(image), photo[1], InversionConfig(num_steps=3, inner_steps=1),
+    return invert(tiny, to_tensor(image), photo[1], InversionConfig(num_steps=3, trials=1),
                   photo=torch.from_numpy(np.asarray(image).copy()))
 
 

@@ -17,7 +17,7 @@ from nulltext.model import load_model
 @pytest.fixture(scope="module")
 def inversion(tiny):
     image, caption = data.sample("test", 0, tiny.default_size[0])
-    return invert(tiny, to_tensor(image), caption, InversionConfig(num_steps=8, inner_steps=3),
+    return invert(tiny, to_tensor(image), caption, InversionConfig(num_steps=8, trials=3),
                   photo=torch.from_numpy(__import__("numpy").asarray(image).copy()))
 
 
@@ -71,6 +71,27 @@ def test_inconsistent_shapes_are_refused(inversion, tmp_path):
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(InversionFileError, match="null_embeddings has shape"):
         load_inversion(path)
+
+
+@pytest.mark.parametrize("stored, optimizer, trials", [({}, "adam", 5), ({"optimizer": "secant", "inner_steps": 7}, "secant", 7)])
+def test_files_from_before_the_secant_default_keep_their_optimiser(inversion, tmp_path, stored, optimizer, trials):
+    """A file whose settings name no optimiser ran the paper's Adam (the default then); a `--fast` file
+    without a trial cap ran at most `inner_steps` trials. Neither takes today's defaults."""
+    import json
+
+    from safetensors import safe_open
+
+    path = save_inversion(inversion, tmp_path / "old.nti")
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    header = json.loads(meta["nulltext.header"])
+    for key in ("optimizer", "trials", "inner_steps"):
+        header["config"].pop(key)
+    header["config"].update(stored)
+    meta["nulltext.header"] = json.dumps(header)
+    save_file(tensors, str(path), metadata=meta)
+    config = load_inversion(path).config
+    assert (config.optimizer, config.trials) == (optimizer, trials)
 
 
 def test_interrupted_write_keeps_the_old_file(inversion, tmp_path, monkeypatch):

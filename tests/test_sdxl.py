@@ -15,7 +15,7 @@ from nulltext.inversion import InversionConfig, invert
 from nulltext.inversion.file import InversionFileError, check_model, load_inversion, save_inversion
 from nulltext.editing.config import EditConfig
 from nulltext.core.sampling import guided_ddim
-from pivot_checks import null_text_against_ddim
+from pivot_checks import error_and_work, null_text_against_ddim
 from numerics import relative_error
 
 
@@ -32,7 +32,7 @@ def _pipeline(model, scheduler_config) -> StableDiffusionXLPipeline:
 @pytest.fixture(scope="module")
 def inversion(tiny_xl):
     image, caption = data.sample("test", 0, tiny_xl.default_size[0])
-    return invert(tiny_xl, to_tensor(image), caption, InversionConfig(num_steps=8, inner_steps=4))
+    return invert(tiny_xl, to_tensor(image), caption, InversionConfig(num_steps=8, trials=4))
 
 
 def test_conditioning_is_what_the_sdxl_pipeline_builds(tiny_xl):
@@ -59,7 +59,7 @@ def test_null_text_follows_the_pivot_where_ddim_drifts(tiny_xl):
     step) only reaches ~1.5× here; 30 at 1e-1 reaches the bar (README, "Model families").
     """
     image, caption = data.sample("test", 3, tiny_xl.default_size[0])
-    config = InversionConfig(num_steps=10, inner_steps=30, learning_rate=0.1, early_stop=0.0, early_stop_growth=0.0)
+    config = InversionConfig.paper(num_steps=10, inner_steps=30, learning_rate=0.1, early_stop=0.0, early_stop_growth=0.0)
     check = null_text_against_ddim(tiny_xl, image, caption, config)
     nt = check.null_text
     assert nt.null_pooled.shape == (10, 32) and nt.null_pooled.dtype == torch.float32
@@ -69,18 +69,13 @@ def test_null_text_follows_the_pivot_where_ddim_drifts(tiny_xl):
     assert check.psnr >= check.vae_bound - 0.5, f"null-text PSNR {check.psnr:.2f} dB vs VAE bound {check.vae_bound:.2f} dB"
 
 
-def test_secant_optimiser_follows_the_pivot_on_sdxl_without_a_learning_rate(tiny_xl):
-    """`secant_descent` on both parts of SDXL's ∅_t: ≥ 10× below DDIM's latent MSE with no lr to tune.
-
-    With its stall rule off and 30 trials per step; the `--fast` preset's stall rule (0.1, set on the
-    trained bundled model) stops after ~1 trial per step on this random UNet (1.1×, Adam's paper budget 1.5×).
-    """
+def test_default_optimiser_beats_the_papers_adam_at_under_half_its_work_on_sdxl(tiny_xl):
+    """The secant optimiser's stop rule is relative to each step's own losses, so it is not tuned to the
+    bundled model: on this random SDXL UNet it ends below the paper's Adam's latent error at ≤ ½ its UNet passes."""
     image, caption = data.sample("test", 3, tiny_xl.default_size[0])
-    config = InversionConfig.fast(num_steps=10, inner_steps=30, stall=0.0, early_stop=0.0, early_stop_growth=0.0)
-    check = null_text_against_ddim(tiny_xl, image, caption, config)
-    assert not torch.equal(check.null_text.null_pooled[0], check.null_text.null_pooled[-1])
-    assert check.mse_null_text * 10 <= check.mse_ddim, \
-        f"latent MSE secant {check.mse_null_text:.2e} vs DDIM {check.mse_ddim:.2e}"
+    secant = error_and_work(tiny_xl, image, caption, InversionConfig(num_steps=10))
+    adam = error_and_work(tiny_xl, image, caption, InversionConfig.paper(num_steps=10))
+    assert secant.mse <= adam.mse and secant.passes <= adam.passes / 2, (secant, adam)
 
 
 def test_inversion_file_round_trip_is_bit_identical(tiny_xl, tiny, inversion, tmp_path):

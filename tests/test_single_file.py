@@ -33,7 +33,7 @@ def test_single_file_is_the_same_model_as_the_folder(bundled, checkpoint, tmp_pa
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert model.scheduler_config == bundled.scheduler_config
     image, caption = data.sample("test", 2, 32)
-    inv = invert(bundled, to_tensor(image), caption, InversionConfig(num_steps=4, inner_steps=2))
+    inv = invert(bundled, to_tensor(image), caption, InversionConfig(num_steps=4, trials=2))
     loaded = load_inversion(save_inversion(inv, tmp_path / "folder.nti"), model)  # identity-checked
     assert torch.equal(reconstruct(model, loaded), reconstruct(bundled, inv))
 
@@ -46,7 +46,7 @@ def test_sdxl_single_file_is_the_same_model_as_the_folder(tiny_xl, tiny_xl_dir, 
     model = load_model(path, device="cpu", config=tiny_xl_dir)
     assert model.identity == tiny_xl.identity and model.pooled_dim == tiny_xl.pooled_dim
     image, caption = data.sample("test", 2, 32)
-    inv = invert(tiny_xl, to_tensor(image), caption, InversionConfig(num_steps=3, inner_steps=2))
+    inv = invert(tiny_xl, to_tensor(image), caption, InversionConfig(num_steps=3, trials=2))
     loaded = load_inversion(save_inversion(inv, tmp_path / "folder.nti"), model)
     assert torch.equal(reconstruct(model, loaded), reconstruct(tiny_xl, inv))
 

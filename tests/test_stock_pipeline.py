@@ -3,6 +3,7 @@
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+from nulltext.inversion import InversionConfig
 from nulltext.editing import reconstruct
 
 
@@ -30,7 +31,7 @@ def stock_reconstruction(model, inversion):
 
 
 def test_stock_pipeline_reproduces_our_reconstruction(bundled, bundled_null_text):
-    inversion = bundled_null_text(1)  # the paper's settings, 50 steps; shared with other tests
+    inversion = bundled_null_text(1, InversionConfig.paper())  # the paper's settings, 50 steps; shared
     ours = reconstruct(bundled, inversion)
     theirs = stock_reconstruction(bundled, inversion)
     assert (ours - theirs).abs().max() < 2e-3  # same sampler, two implementations

@@ -12,7 +12,7 @@ from nulltext.evaluation.study import (GUIDANCE_SETTINGS, AblationConfig, ablati
 
 def test_ablation_orderings(bundled, tmp_path):
     config = AblationConfig(checkpoints=(0, 10, 100), methods=("null-text", "global null", "random pivot"),
-                            inversion=InversionConfig(num_steps=10, early_stop=0.0, early_stop_growth=0.0))
+                            inversion=InversionConfig.paper(num_steps=10, early_stop=0.0, early_stop_growth=0.0))
     r = run_ablation(bundled, study_photos([0], bundled.default_size[0]), config)
     nt, gl, ddim = r.mean("null-text"), r.mean("global null"), r.mean("DDIM w=7.5")[0]
     # the paper's ordering: per-step null-text ≥ one global ∅ optimised over all steps ≥ DDIM at w = 7.5
@@ -29,7 +29,7 @@ def test_ablation_orderings(bundled, tmp_path):
 def test_checkpoints_equal_runs_with_that_budget(tiny):
     """A checkpoint B is what Algorithm 1 gives when stopped after B Adam iterations in all."""
     photo = study_photos([0], tiny.default_size[0])[0]
-    config = InversionConfig(num_steps=4, inner_steps=3, early_stop=0.0, early_stop_growth=0.0)
+    config = InversionConfig.paper(num_steps=4, inner_steps=3, early_stop=0.0, early_stop_growth=0.0)
     schedule = make_schedule(tiny.scheduler_config, 4)
     cond, uncond = tiny.encode_text([photo.caption]), tiny.encode_text([""])
     pivot = ddim_invert(tiny, tiny.encode_image(to_tensor(photo.image)).float(), cond, schedule)

@@ -105,7 +105,7 @@ class WebApp:
         session.cancel_requested = False
 
     def invert(self, session: Session, photo_path: str | None, caption: str, method: str, steps: float,
-               guidance: float, inner_steps: float, progress: Progress = gr.Progress()):
+               guidance: float, trials: float, progress: Progress = gr.Progress()):
         """Invert the uploaded photo with its caption; per-step progress with the loss; Cancel stops within a step."""
         with _one_line_errors():
             if not photo_path:
@@ -116,7 +116,7 @@ class WebApp:
             if method not in get_args(Method):
                 raise gr.Error(f"unknown inversion method {method!r} — use one of {', '.join(get_args(Method))}")
             config = InversionConfig(method=method, num_steps=int(steps), guidance_scale=float(guidance),
-                                     inner_steps=int(inner_steps))
+                                     trials=int(trials))
             self.model.check_prompt(caption)
             photo = load_image(photo_path, self.model.default_size)  # decompression bombs → one-line ImageError
 
@@ -258,8 +258,8 @@ class WebApp:
                     with gr.Accordion("Advanced", open=False):
                         steps = gr.Slider(1, 200, value=inv.num_steps, step=1, label="DDIM steps", elem_id="steps")
                         guidance = gr.Slider(1.0, 15.0, value=inv.guidance_scale, step=0.5, label="Guidance scale w")
-                        inner = gr.Slider(0, 50, value=inv.inner_steps, step=1,
-                                          label="Adam iterations per step at most (null-text)", elem_id="inner")
+                        inner = gr.Slider(0, 50, value=inv.trials, step=1,
+                                          label="Trials per step at most (null-text)", elem_id="inner")
                     gr.Markdown("### 2 · Invert")
                     with gr.Row():
                         invert_button = gr.Button("Invert", variant="primary", elem_id="invert")

@@ -4,7 +4,8 @@ A manifest is JSONL (one object a line), CSV (a header row) or a PIE-Bench `mapp
 row has `image` (a path, relative to the manifest's folder), `prompt` (the source caption), optional
 `id`, optional `edits` (a list of target captions, or of objects `{"target": …, EditConfig options,
 "mask": PATH}`; in CSV a JSON list or one target caption) and optional inversion settings named as
-`InversionConfig`'s fields (`num_steps`, `guidance_scale`, `inner_steps`, `learning_rate`, `method`, …).
+`InversionConfig`'s fields (`num_steps`, `guidance_scale`, `optimizer`, `trials` (secant) or `inner_steps`
+and `learning_rate` (Adam), `method`, …).
 
 Outputs, in OUT/:
     inversions/KEY.nti          KEY = hash of the image bytes, prompt, settings, size and model identity

@@ -72,8 +72,9 @@ def cmd_invert(args) -> None:
     out = Path(args.output or Path(args.photo).with_suffix(".nti").name)
     _refuse_existing([out], args)
     config = _settings(InversionConfig, method=args.method, num_steps=args.steps, guidance_scale=args.guidance,
-                       inner_steps=args.inner_steps, learning_rate=args.lr, keep_pivot=not args.no_pivot,
-                       optimizer="secant" if args.fast else "adam")
+                       learning_rate=args.lr, keep_pivot=not args.no_pivot, optimizer=args.optimizer,
+                       **({} if args.inner_steps is None else
+                          {"trials" if args.optimizer == "secant" else "inner_steps": args.inner_steps}))
     open_regular(args.photo).close()  # a missing or unreadable photo is refused before the model loads
     model = _load_model(args)
     make_schedule(model.scheduler_config, config.num_steps)  # the scheduler's own step limit

@@ -87,7 +87,7 @@ def _default(config_class, name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nulltext.inversion.config import InversionConfig, Method
+    from nulltext.inversion.config import InversionConfig, Method, Optimizer
     from nulltext.editing.config import Composite, EditConfig, MaskCombine, Mode, TargetNull
 
     inv, ed = (lambda name: _default(InversionConfig, name)), (lambda name: _default(EditConfig, name))
@@ -121,11 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=_count(1, 1000), default=inv("num_steps"), help=f"DDIM steps (default: {inv('num_steps')})")
     s.add_argument("--guidance", type=float, default=inv("guidance_scale"),
                    help=f"classifier-free guidance scale w (default: {inv('guidance_scale')})")
-    s.add_argument("--inner-steps", type=_count(0, 1000), default=inv("inner_steps"),
-                   help=f"Adam iterations (with --fast: trials) per step at most (default: {inv('inner_steps')})")
-    s.add_argument("--fast", action="store_true",
-                   help="null-text with secant steps instead of the paper's Adam: ≈ 0.4× the time, same PSNR on "
-                        "average (benchmarks/fast_inversion_benchmark.py)")
+    s.add_argument("--optimizer", default=inv("optimizer"), choices=list(typing.get_args(Optimizer)),
+                   help=f"how null-text optimises each step's ∅_t: secant steps (default: {inv('optimizer')}; ≈ 0.4× "
+                        "the UNet work, docs/benchmarks.md) or adam, the paper's")
+    s.add_argument("--fast", action="store_const", dest="optimizer", const="secant", help=argparse.SUPPRESS)
+    s.add_argument("--inner-steps", type=_count(0, 1000),
+                   help=f"secant trials (default: {inv('trials')}) or Adam updates (default: {inv('inner_steps')}) "
+                        "per step at most")
     s.add_argument("--lr", type=float, default=inv("learning_rate"),
                    help=f"Adam learning rate at the first step (default: {inv('learning_rate')})")
     s.add_argument("--size", type=_size, help="WIDTHxHEIGHT (default: the model's native size)")

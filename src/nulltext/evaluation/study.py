@@ -144,7 +144,7 @@ FLAT = ("VAE bound", "DDIM w=1", "DDIM w=7.5", "negative-prompt", "direct")
 class AblationConfig:
     checkpoints: tuple[int, ...] = (0, 10, 25, 50, 100, 150, 200, 300, 400, 500)
     methods: tuple[str, ...] = OPTIMISED  # which optimised methods to run (the flat ones always run)
-    inversion: InversionConfig = field(default_factory=lambda: InversionConfig(early_stop=0.0, early_stop_growth=0.0))
+    inversion: InversionConfig = field(default_factory=lambda: InversionConfig.paper(early_stop=0.0, early_stop_growth=0.0))
 
 
 @dataclass
@@ -310,7 +310,7 @@ def run_guidance_table(model: Model, photos: list[StudyPhoto], judge: Judge,
     for k, (label, w_inv, w_inf, method) in enumerate(settings):
         ps, ok = [], []
         for index, item in enumerate(photos):
-            cfg = InversionConfig(method=method, guidance_scale=w_inf, pivot_guidance_scale=w_inv)
+            cfg = InversionConfig.paper(method=method, guidance_scale=w_inf, pivot_guidance_scale=w_inv)
             if method == "null-text" and null_text is not None and cfg == null_text[index].config:
                 inv = null_text[index]
             else:

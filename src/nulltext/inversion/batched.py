@@ -1,9 +1,10 @@
 """Null-text inversion of K photos at once: Algorithm 1 of Mokady et al. (2023) over a batch.
 
 Each photo keeps everything the paper gives one photo: its own pivot z*_0 … z*_T, its own ∅_t, its
-own Adam optimiser and its own early stop. What is shared is the UNet call: one batch per inner
-iteration for the photos still optimising at this step (and one batch for the conditional branch
-and for the DDIM inversion).
+own optimiser state (Adam's moments, or the secant's step length and preconditioner) and its own early
+stop. What is shared is the UNet call: one batch per inner iteration (Adam update or secant trial) for
+the photos still optimising at this step (and one batch for the conditional branch and for the DDIM
+inversion).
 
 A photo that stops early **leaves the batch** for the rest of the step, rather than being masked out:
 - exactness: Adam's update depends on its own step count (bias correction) and moments; a masked
@@ -58,8 +59,7 @@ def invert_batch(model: Model, images: torch.Tensor | list[torch.Tensor], prompt
         raise ValueError("the photos of a batch must have one size — batch photos of the same size together")
     for p in prompts:
         model.check_prompt(p)
-    if config.method != "null-text" or config.optimizer != "adam":  # nothing to optimise jointly; the secant
-        # optimiser's step length is per photo and sequential, so those photos run one at a time
+    if config.method != "null-text":  # nothing to optimise jointly: one photo at a time
         return [_invert_one(model, im, p, config, callback, prov, on_error)
                 for im, p, prov in zip(images, prompts, provenance)]
     start = time.perf_counter()

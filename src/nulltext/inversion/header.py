@@ -171,8 +171,12 @@ def parse_header(raw, where: str) -> Header:
             raise _Bad("is not a JSON object")
         raw_config = _get(h, "config", dict, what="a JSON object")
         known = {f.name for f in dataclasses.fields(InversionConfig)}
+        settings = {k: v for k, v in raw_config.items() if k in known}
+        settings.setdefault("optimizer", "adam")  # files from before the secant optimiser ran the paper's Adam
+        if settings["optimizer"] == "secant" and "trials" not in raw_config:  # `--fast` files: trials ≤ N
+            settings["trials"] = settings.get("inner_steps", 10)
         try:
-            config = InversionConfig(**{k: v for k, v in raw_config.items() if k in known})  # checks itself
+            config = InversionConfig(**settings)  # checks itself
         except (TypeError, ValueError) as e:
             raise _Bad(f"has invalid settings: {first_line(e, 120)}") from None
         crop = _get(h, "crop_box", lambda v: v is None or _ints(4, 0)(v), None, "four whole numbers ≥ 0")

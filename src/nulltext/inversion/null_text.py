@@ -22,9 +22,10 @@ whatever the model's dtype: the UNet runs in its dtype, the gradient reaches ∅
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -117,7 +118,7 @@ def null_text_optimise(model: Model, pivot: torch.Tensor, cond: TextConditioning
 
 
 @dataclass
-class _Row:
+class Row:
     """One photo's running state in Algorithm 1: its ∅_t, what each step left, its secant state."""
 
     index: int
@@ -144,13 +145,13 @@ def optimise_rows(model: Model, pivots: torch.Tensor, cond: TextConditioning, un
     UNet call (each photo with its own ∅_t, optimiser and early stop; see `nulltext.inversion.batched`).
     Every part of the unconditional conditioning is optimised (SDXL: tokens and pooled), in fp32.
     `config.optimizer` picks the inner loop: the paper's Adam (`adam_descent`, all rows in one batch), or
-    `secant_descent` (row by row). `on_update(row, t, ∅_t)` sees every update (the study's checkpoints).
+    `secant_descent` (the rows still optimising in one batch per trial). `on_update(row, t, ∅_t)` sees every update (the study's checkpoints).
     A photo whose loss or gradient is not finite raises InversionError (`on_error="raise"`), or (`"keep"`)
     leaves the run with the error in its place in the returned list.
     """
     T, w, scale = schedule.num_steps, config.guidance_scale, loss_scale(model)
     K = pivots.shape[1]
-    rows = [_Row(i, uncond.detach().float().clone(), [None] * T, [0.0] * T, [0] * T) for i in range(K)]  # ∅_T ← ψ("")
+    rows = [Row(i, uncond.detach().float().clone(), [None] * T, [0.0] * T, [0] * T) for i in range(K)]  # ∅_T ← ψ("")
     z_bar = pivots[T].to(model.device)  # (K, C, h, w) z̄_T ← z*_T
     for k, t in enumerate(range(T, 0, -1)):
         alive = [r for r in rows if r.error is None]
@@ -179,23 +180,16 @@ def optimise_rows(model: Model, pivots: torch.Tensor, cond: TextConditioning, un
             done = adam_descent(step_from, alive, targets, threshold, config.inner_steps, config.learning_rate_at(k),
                                 scale, where, hook, on_error)
         else:
-            done = {}
-            for r in alive:
-                try:
-                    r.null, z_prev, loss, used = secant_descent(
-                        lambda n, g, i=r.index: step_from([i], n, g), r.null, targets[r.index : r.index + 1], threshold,
-                        config, r.secant, scale, where, None if hook is None else (lambda n, i=r.index: hook(i, n)))
-                    done[r.index] = (z_prev, loss, used)
-                except InversionError as e:
-                    _fail(r, e, on_error)
+            done = secant_descent(step_from, alive, targets, threshold, config, scale, where, hook, on_error,
+                                  resolution=torch.finfo(model.dtype).eps)
         # 4. keep ∅_t, move on along the guided trajectory: z̄_{t−1} = z_{t−1}(z̄_t, ∅_t, C)
         for i, (z_prev, loss, used) in done.items():
             r = rows[i]
-            r.nulls[t - 1], r.losses[t - 1], r.iterations[t - 1] = r.null.detach().clone(), loss.item(), used
+            r.nulls[t - 1], r.losses[t - 1], r.iterations[t - 1] = r.null.detach().clone(), loss, used
             z_bar = torch.cat([z_bar[:i], z_prev.detach().to(z_bar), z_bar[i + 1 :]])
         if callback is not None and done:  # the most iterations and the highest loss over the photos
             callback(StepReport(k + 1, T, timestep=tau, inner_iterations=max(d[2] for d in done.values()),
-                                loss=max(d[1].item() for d in done.values())))
+                                loss=max(d[1] for d in done.values())))
     results: list[Optimised | InversionError] = []
     for r in rows:
         stacked = None if r.error is not None else TextConditioning.cat(r.nulls)  # (T, …) in step order ∅_1 … ∅_T
@@ -203,9 +197,9 @@ def optimise_rows(model: Model, pivots: torch.Tensor, cond: TextConditioning, un
     return results
 
 
-def adam_descent(step_from: RowsFrom, rows: list[_Row], targets: torch.Tensor, threshold: float, max_updates: int,
+def adam_descent(step_from: RowsFrom, rows: list[Row], targets: torch.Tensor, threshold: float, max_updates: int,
                  lr: float, scale: float, where: str, on_update: Callable[[int, TextConditioning], None] | None = None,
-                 on_error: OnError = "raise") -> dict[int, tuple[torch.Tensor, torch.Tensor, int]]:
+                 on_error: OnError = "raise") -> dict[int, tuple[torch.Tensor, float, int]]:
     """The paper's inner loop for every row at once: at most N Adam updates of each ∅_t, one UNet batch of the
     rows still optimising per iteration; returns {row: (z_{t−1}, loss, updates)}.
 
@@ -215,7 +209,7 @@ def adam_descent(step_from: RowsFrom, rows: list[_Row], targets: torch.Tensor, t
     each ∅_t is that row's own (the UNet treats rows independently).
     """
     optimisers = {r.index: torch.optim.Adam(r.null.tensors(), lr=lr, eps=1e-8 * scale) for r in rows}
-    done: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+    done: dict[int, tuple[torch.Tensor, float, int]] = {}
     active, used = list(rows), 0
     while active:
         idx = [r.index for r in active]
@@ -229,7 +223,7 @@ def adam_descent(step_from: RowsFrom, rows: list[_Row], targets: torch.Tensor, t
                 _fail(r, e, on_error)
                 continue
             if loss.item() < threshold or used == max_updates:
-                done[r.index] = (z_prev[j : j + 1].detach(), loss.detach(), used)
+                done[r.index] = (z_prev[j : j + 1].detach(), loss.item(), used)
             else:
                 stepping.append((r, loss))
         if not stepping:
@@ -251,72 +245,145 @@ def adam_descent(step_from: RowsFrom, rows: list[_Row], targets: torch.Tensor, t
     return done
 
 
-def _fail(row: _Row, error: InversionError, on_error: OnError) -> None:
+def _fail(row: Row, error: InversionError, on_error: OnError) -> None:
     if on_error == "raise":
         raise error
     row.error = error
 
 
-StepFrom = Callable[[TextConditioning, bool], torch.Tensor]  # (∅_t, with gradient?) → z_{t−1}
-
-
 @dataclass
 class SecantState:
-    """What `secant_descent` carries from step to step: the step length and the preconditioner."""
+    """What `secant_descent` carries from step to step for one photo: its step length and preconditioner."""
 
-    step: float | None = None  # α, set on the first gradient
+    step: torch.Tensor | None = None  # α, a 0-d tensor on the device; set on the first gradient
     second_moment: list[torch.Tensor] | None = None  # running mean of the squared gradient, per part of ∅
 
 
-def secant_descent(step_from: StepFrom, null: TextConditioning, target: torch.Tensor, threshold: float,
-                   config: InversionConfig, state: SecantState, scale: float, where: str,
-                   on_update: Callable[[TextConditioning], None] | None = None):
-    """Preconditioned gradient descent on ∅_t with secant step lengths; returns (∅_t, z_{t−1}, loss, trials).
+def secant_descent(step_from: RowsFrom, rows: list[Row], targets: torch.Tensor, threshold: float,
+                   config: InversionConfig, scale: float, where: str,
+                   on_update: Callable[[int, TextConditioning], None] | None = None,
+                   on_error: OnError = "raise", resolution: float = 0.0) -> dict[int, tuple[torch.Tensor, float, int]]:
+    """Preconditioned gradient descent on every row's ∅_t with secant step lengths, the rows still
+    optimising in one UNet batch per trial; returns {row: (z_{t−1}, loss, trials)}.
 
-    Not the paper's optimiser (the `--fast` preset). The loss ‖z*_{t−1} − z_{t−1}(∅_t)‖² is a least-squares
-    problem whose residual is nearly linear in ∅_t over one update, so:
+    Not the paper's optimiser (the default; the paper's Adam is `optimizer="adam"`). The loss
+    ‖z*_{t−1} − z_{t−1}(∅_t)‖² is a least-squares problem whose residual is nearly linear in ∅_t over one
+    update, so, per row:
       direction  p = g / (√v + ε), g the gradient and v its running second moment (Adam's scaling without
                  momentum, kept across steps, β = config.second_moment_decay);
       length     a trial ∅_t − α p moves z_{t−1} by d; along p the best length is the secant's
                  α* = α ⟨−r, d⟩ / ‖d‖² (r the residual before the trial), clamped to [α/8, 8α] and used next;
+                 never below the length that moves ∅_t by the model dtype's `resolution` (its machine ε)
+                 relative to ‖∅_t‖ — a shorter move rounds away in the UNet's half-precision cast, leaves
+                 d as rounding noise, and the secant would shrink α without end (bf16);
       accept     a trial that lowers the loss; a rejected one is retried at α* on the same gradient.
-    Stops below the loss threshold, after config.inner_steps trials, or when an accepted trial lowers the
-    loss by less than config.stall (most steps take one or two trials; Adam takes up to ten).
+    A row stops below the paper's loss threshold, after `config.trials` trials (half the paper's N), or when
+    an accepted trial gains less than `config.stall` (½) of the step's average gain per trial so far: a rule
+    relative to the step's own losses, with no scale to tune per model (docs/benchmarks.md measures it on
+    the bundled model, a tiny SD 2.x, a tiny SDXL and in fp16/bf16).
+
+    Host reads: one per round of trials (every row's loss, in one transfer) — α, p and the acceptance
+    arithmetic stay on the device. Gradients: one backward per round, through the last batch, for the
+    rows whose trial was accepted (a rejected row keeps its direction).
     """
-    z_prev = step_from(null, True)
-    loss = F.mse_loss(z_prev, target)
-    _check_finite(loss, where)
-    used, direction = 0, None
-    while loss.item() >= threshold and used < config.inner_steps:
-        if direction is None:  # a new gradient at the current ∅_t
-            grads = torch.autograd.grad(loss * scale, null.tensors())
-            if not all(bool(torch.isfinite(g).all()) for g in grads):
-                raise InversionError(f"null-text gradient overflowed at {where} — run with --dtype float32 or bfloat16")
+    done: dict[int, tuple[torch.Tensor, float, int]] = {}
+    idx = [r.index for r in rows]
+    z = step_from(idx, TextConditioning.cat([r.null for r in rows]), True)  # (B, C, h, w)
+    batch_losses = _row_losses(z, targets[idx])  # (B,) each row's loss, differentiable in its own ∅_t
+    current = {r.index: _Point(r.null, z[j : j + 1], batch_losses[j]) for j, r in enumerate(rows)}
+    losses = dict(zip(idx, batch_losses.tolist()))  # host read: the starting losses
+    start = dict(losses)
+    used = dict.fromkeys(idx, 0)
+    directions: dict[int, tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]] = {}  # row → (p, r, p finite?)
+    active = [r for r in rows if _finite(r, losses[r.index], where, on_error)]
+
+    def finish(r: Row) -> None:
+        r.null = current[r.index].null
+        done[r.index] = (current[r.index].z.detach(), losses[r.index], used[r.index])
+
+    while True:
+        for r in active:
+            if losses[r.index] < threshold or used[r.index] >= config.trials:
+                finish(r)
+        active = [r for r in active if r.index not in done]
+        if not active:
+            return done
+        # 1. a gradient for each row at a new ∅_t (every row at first), in one backward through the last batch
+        fresh = [r for r in active if r.index not in directions]
+        if fresh:
+            parts = [x for r in fresh for x in current[r.index].null.tensors()]
+            grads = iter(torch.autograd.grad(torch.stack([current[r.index].loss for r in fresh]).sum() * scale, parts))
             beta = config.second_moment_decay
-            state.second_moment = [g * g if state.second_moment is None else beta * v + (1 - beta) * g * g
-                                   for g, v in zip(grads, state.second_moment or grads)]
-            direction = [g / (v.sqrt() + 1e-12 * scale) for g, v in zip(grads, state.second_moment)]
-            residual = (z_prev - target).detach()
-            if state.step is None:  # Polyak-like first guess; the secant corrects it within a few trials
-                state.step = 2 * loss.item() / sum(float((p * p).sum()) for p in direction)
-        alpha = state.step
-        parts = [(x.detach() - alpha * p) for x, p in zip(null.tensors(), direction)]
-        trial = TextConditioning(parts[0], parts[1] if len(parts) > 1 else None).requires_grad_(True)
-        z_trial = step_from(trial, True)
-        loss_trial = F.mse_loss(z_trial, target)
-        _check_finite(loss_trial, where)
-        used += 1
-        moved = (z_trial - z_prev).detach()  # ≈ −α J p
-        best = alpha * float(-(residual * moved).sum() / (moved * moved).sum().clamp_min(1e-30))
-        state.step = min(max(best, alpha / 8), alpha * 8) if best > 0 else alpha / 4
-        if loss_trial.item() < loss.item():
-            progress = 1 - loss_trial.item() / loss.item()
-            null, z_prev, loss, direction = trial, z_trial, loss_trial, None
-            if on_update is not None:
-                on_update(null)
-            if progress < config.stall:
-                break
-    return null, z_prev, loss, used
+            for r in fresh:
+                g, s = [next(grads) for _ in current[r.index].null.tensors()], r.secant
+                s.second_moment = [x * x if s.second_moment is None else beta * v + (1 - beta) * x * x
+                                   for x, v in zip(g, s.second_moment or g)]
+                p = [x / (v.sqrt() + 1e-12 * scale) for x, v in zip(g, s.second_moment)]
+                if s.step is None:  # Polyak's first guess: the length that would clear the loss were it linear
+                    slope = sum((x * d).sum() for x, d in zip(g, p)).clamp_min(1e-30)  # ⟨g, p⟩
+                    s.step = current[r.index].loss.detach() * scale / slope
+                residual = (current[r.index].z - targets[r.index]).detach()
+                directions[r.index] = (p, residual, torch.stack([torch.isfinite(x).all() for x in g]).all())
+        # 2. one trial ∅_t − α p per row, the rows in one batch
+        trials = []
+        for r in active:
+            parts = [x.detach() - r.secant.step * d for x, d in zip(current[r.index].null.tensors(), directions[r.index][0])]
+            trials.append(TextConditioning(parts[0], parts[1] if len(parts) > 1 else None).requires_grad_(True))
+        idx = [r.index for r in active]
+        z = step_from(idx, TextConditioning.cat(trials), True)  # (B, C, h, w)
+        batch_losses = _row_losses(z, targets[idx])
+        # 3. each row's next length: the secant α* = α ⟨−r, d⟩ / ‖d‖² along p, clamped to [α/8, 8α]
+        for j, r in enumerate(active):
+            residual, alpha = directions[r.index][1], r.secant.step
+            moved = (z[j : j + 1] - current[r.index].z).detach()  # d ≈ −α J p
+            best = alpha * -(residual * moved).sum() / (moved * moved).sum().clamp_min(1e-30)
+            step = torch.where(best > 0, torch.minimum(torch.maximum(best, alpha / 8), alpha * 8), alpha / 4)
+            p, null = directions[r.index][0], current[r.index].null.tensors()
+            floor = resolution * _norm(null) / _norm(p).clamp_min(1e-30)  # the shortest move the UNet's dtype sees
+            r.secant.step = torch.maximum(step, floor)
+        # 4. accept the trials that lower their row's loss: one host read for the batch
+        finite = torch.stack([directions[r.index][2] for r in active]).to(batch_losses)
+        for j, (r, loss, grads_ok) in enumerate(zip(active, *torch.stack([batch_losses.detach(), finite]).tolist())):
+            used[r.index] += 1
+            if not grads_ok:
+                _fail(r, InversionError(f"null-text gradient overflowed at {where} — run with --dtype float32 or bfloat16"),
+                      on_error)
+            elif not _finite(r, loss, where, on_error) or not loss < losses[r.index]:
+                continue  # failed, or rejected: retried at the new α on the same gradient
+            else:
+                gain = losses[r.index] - loss
+                current[r.index], losses[r.index] = _Point(trials[j], z[j : j + 1], batch_losses[j]), loss
+                del directions[r.index]
+                if on_update is not None:
+                    on_update(r.index, trials[j])
+                if gain < config.stall * (start[r.index] - loss) / used[r.index]:  # diminishing returns: stop here
+                    finish(r)
+        active = [r for r in active if r.error is None]
+
+
+class _Point(NamedTuple):
+    """Where a row's secant descent stands: ∅_t, its z_{t−1} (1, C, h, w) and loss (with their graph)."""
+
+    null: TextConditioning
+    z: torch.Tensor
+    loss: torch.Tensor
+
+
+def _norm(parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.sqrt(sum((x.detach().float() ** 2).sum() for x in parts))
+
+
+def _row_losses(z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each row's MSE ‖z*_{t−1} − z_{t−1}‖² / n in fp32: (B, C, h, w) × 2 → (B,)."""
+    return (z.float() - targets).pow(2).flatten(1).mean(1)
+
+
+def _finite(row: Row, loss: float, where: str, on_error: OnError) -> bool:
+    if math.isfinite(loss):
+        return True
+    _fail(row, InversionError(f"null-text loss became {loss} at {where} — run with --dtype float32 or a lower --lr"),
+          on_error)
+    return False
 
 
 def _check_finite(loss: torch.Tensor, where: str) -> None:
