@@ -70,3 +70,13 @@ def test_sampling_reports_each_step_in_the_one_progress_protocol():
     assert all(isinstance(r, StepReport) for r in reports) and [r.total for r in reports] == [7] * 7
     assert [r.step for r in reports] == list(range(1, 8)) and corrected == list(range(7, 0, -1))
     assert [r.timestep for r in reports] == s.timesteps.flip(0).tolist()  # τ_T first
+
+
+def test_a_scheduler_config_diffusers_refuses_is_one_line():
+    """diffusers' own refusal (here: an unknown beta schedule) becomes a one-line ScheduleError, not a traceback."""
+    from nulltext.core.ddim import ScheduleError
+
+    config = dict(make_scheduler().config, beta_schedule="no_such_schedule")
+    with pytest.raises(ScheduleError, match="refuses the scheduler config: no_such_schedule") as e:
+        make_schedule(config, 10)
+    assert "\n" not in str(e.value)

@@ -83,9 +83,8 @@ def test_secant_rows_in_one_batch_each_get_what_they_get_alone():
     together = secant_descent(lambda m, n, g: batches.append(len(m)) or step_from(m, n, g), rows, targets,
                               0.3 * min(starts), config, 1.0, "test")
     for i in range(3):
-        [alone_row], *_ = _linear_problem(2, rows=3)[0][i : i + 1], None
-        alone = secant_descent(lambda m, n, g: step_from(m, n, g), [alone_row], targets, 0.3 * min(starts), config,
-                               1.0, "test")[i]
+        alone_row = _linear_problem(2, rows=3)[0][i]
+        alone = secant_descent(step_from, [alone_row], targets, 0.3 * min(starts), config, 1.0, "test")[i]
         assert together[i][2] == alone[2] and together[i][1] == pytest.approx(alone[1], rel=1e-4)
         assert relative_error(rows[i].null.tokens, alone_row.null.tokens) < 1e-4
     assert max(batches) == 3 and len(batches) == 1 + max(t[2] for t in together.values())  # one call per round
