@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,ui,ray]'
+	$(PY) -m pip install -q -e '.[test,ui,ray,lora]'
 	touch $@
 
 # The web app's browser test drives Debian's chromium through chromedriver (never a downloaded browser).
@@ -32,10 +32,12 @@ test: $(VENV)/.installed browser
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist worksteal --durations=12 -p no:randomly
 
 # the suite in a random order of files and tests: make test-random SEED=3 THREADS=2
+# (one worker per THREADS cores, so that THREADS=2 tests two torch threads without oversubscribing the cores)
 SEED ?= 1
 THREADS ?= 1
 test-random: $(VENV)/.installed browser
-	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q -n auto --dist worksteal --randomly-seed=$(SEED)
+	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q -n $$($(PY) -c 'import os; print(max(1, os.cpu_count() // $(THREADS)))') \
+		--dist worksteal --randomly-seed=$(SEED)
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/inversion_benchmark.py

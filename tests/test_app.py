@@ -23,13 +23,13 @@ from PIL import Image, ImageFilter
 
 from nulltext.app import Session, WebApp, launch
 from nulltext.bundled import data
-from nulltext.bundled.evaluate import judge
+from nulltext.bundled.judge import judge
 from nulltext.evaluation.study_photos import colour_swap
 from nulltext.io.images import read_png_metadata
 from nulltext.inversion.file import load_inversion, save_inversion
 from nulltext.evaluation.metrics import psnr
 
-FAST = dict(method="null-text", steps=10, guidance=7.5, trials=5)
+FAST = dict(method="null-text", steps=10, guidance=7.5, trials=5, optimizer="secant")
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
@@ -96,8 +96,12 @@ def test_invert_then_edit_twice_from_the_kept_inversion(app, inverted):
     assert mask["background"].shape[:2] == (256, 256)  # the mask editor shows the photo, large enough to paint
 
     jobs = len(app.log)
-    gallery, edited, files, note = app.edit(session, target, "auto", 0.8, 0.4, "", "circle", "", None, no_progress)
+    gallery, edited, files, note, maps = app.edit(session, target, "auto", 0.8, 0.4, "", "circle", "", None, no_progress)
     assert_colour_swap(edited, data.DEMO_INDEX, target)
+    # the target caption's cross-attention per token (their values: tests/test_editing_mechanics.py)
+    assert [label for _, label in maps] == [target, "a", "green", "circle", "on", "a", "blue", "background", "<|endoftext|>"]
+    assert note == "Edited: 1 target caption(s)."  # "circle" leads attention on the circle: no warning
+
     # the gallery ends with where the edit was allowed to change the photo: bright on the circle, dimmed elsewhere
     assert [label for _, label in gallery][-2:] == [target, f"changed: {target}"]
     side = session.inversion.image_size[0]  # the gallery shows it enlarged; compare at the photo's size
@@ -111,10 +115,48 @@ def test_invert_then_edit_twice_from_the_kept_inversion(app, inverted):
     painted = np.zeros((256, 256, 4), np.uint8)
     painted[64:192, 64:192, 3] = 255  # the circle's middle, painted
     yellow = target.replace("green", "yellow")
-    gallery, edited, files, note = app.edit(session, yellow, "replace", 0.8, 0.4, "", "circle", "", {"layers": [painted]},
+    gallery, edited, files, note, _ = app.edit(session, yellow, "replace", 0.8, 0.4, "", "circle", "", {"layers": [painted]},
                                             no_progress)
     assert_colour_swap(edited, data.DEMO_INDEX, yellow)
     assert [j.kind for j in app.log[jobs:]] == ["edit", "edit"]
+
+
+def test_the_papers_adam_is_a_choice(app, tmp_path):
+    """The optimiser radio: "adam" inverts with the paper's Adam, the slider capping its updates per step."""
+    path, caption, _, _ = photo_file(tmp_path, 0)
+    session = Session()
+    app.invert(session, str(path), caption, **{**FAST, "steps": 3, "trials": 4, "optimizer": "adam"}, progress=no_progress)
+    config = session.inversion.config
+    assert (config.optimizer, config.inner_steps, config.num_steps) == ("adam", 4, 3)
+    assert 0 < max(session.inversion.inner_iterations) <= 4
+
+
+def test_caption_it_and_the_blend_words_prefilled_from_the_word_diff(app, inverted, tmp_path, tiny):
+    """"Caption it" writes the photo's caption (the bundled captioner on the bundled model; a one-line error
+    on a model with no captioner); typing targets shows their word changes and fills the blend box with
+    `--blend auto`'s words, unless the user typed words of their own there."""
+    session, _, _, target = inverted
+    path, caption, _, _ = photo_file(tmp_path, 3)
+    assert app.caption(str(path)) == caption and app.log[-1].kind == "caption"
+    with pytest.raises(gr.Error, match="--captioner") as e:
+        WebApp(tiny).caption(str(path))
+    assert "\n" not in str(e.value)
+    fresh = Session(inversion=session.inversion)
+    state, blend, shown = app.word_changes(fresh, target, "")
+    assert (blend, shown) == ("red, green", 'edit 1: "red" → "green"')
+    longer = target + "\n" + session.inversion.prompt.replace("circle", "square")
+    state, blend, shown = app.word_changes(fresh, longer, blend)  # the page's own words follow the targets
+    assert blend == "red, green, circle, square" and shown.endswith('edit 2: "circle" → "square"')
+    assert app.word_changes(fresh, target, "circle")[1] == "circle"  # the user's own words stay
+    assert app.word_changes(Session(), target, "")[1:] == ("", "")  # nothing inverted yet: nothing to compare
+
+
+def test_an_edits_warnings_are_shown_in_its_note(app, inverted, monkeypatch):
+    session, _, _, target = inverted
+    line = "blend word 'on' draws at most 1% of the source caption's attention at any pixel"
+    monkeypatch.setattr("nulltext.editing.from_inversion.weak_blend_words", lambda *args: [line])
+    *_, note, _ = app.edit(session, target, "auto", 0.8, 0.4, "", "on", "", None, no_progress)
+    assert note == f"Edited: 1 target caption(s). ⚠ {line}."
 
 
 def test_cancel_stops_within_one_step_and_keeps_the_earlier_inversion(app, inverted, tmp_path):
@@ -149,6 +191,8 @@ def test_bad_inputs_are_one_line_errors_and_the_app_keeps_serving(app, tiny, tmp
         (lambda: app.invert(Session(), str(bomb), "a red circle", **FAST, progress=no_progress), "too large"),
         (lambda: app.invert(Session(), str(not_image), "a red circle", **FAST, progress=no_progress), "not a recognised image"),
         (lambda: app.invert(Session(), str(not_image), "", **FAST, progress=no_progress), "type a caption"),
+        (lambda: app.invert(Session(), str(bomb), "a red circle", **{**FAST, "optimizer": "lbfgs"}, progress=no_progress),
+         "unknown optimiser"),
         (lambda: app.load_nti(Session(), str(foreign), no_progress), "was made with model"),
         (lambda: app.edit(Session(), "a green circle", "auto", 0.8, 0.4, "", "", "", None, no_progress), "invert a photo first"),
         (lambda: app.edit(Session(inversion=load_inversion(foreign)), "x", "auto", 0.8, 0.4, "red=big", "", "", None,
@@ -168,8 +212,8 @@ def test_serve_command_binds_locally_by_default(monkeypatch, capsys):
     monkeypatch.setattr(app_module, "launch", lambda model, **kw: calls.append((model, kw)))
     assert cli.main(["serve", "--quiet"]) == 0
     assert cli.main(["serve", "--host", "0.0.0.0", "--port", "8000", "--share", "on", "--quiet"]) == 0
-    assert calls == [("the model", dict(host="127.0.0.1", port=7860, share=False, quiet=True)),
-                     ("the model", dict(host="0.0.0.0", port=8000, share=True, quiet=True))]
+    assert calls == [("the model", dict(host="127.0.0.1", port=7860, share=False, quiet=True, captioner=None)),
+                     ("the model", dict(host="0.0.0.0", port=8000, share=True, quiet=True, captioner=None))]
     assert capsys.readouterr().err == ""
 
 
@@ -193,8 +237,8 @@ def test_two_clients_at_once_both_finish_one_after_the_other(server, tmp_path):
     assert url.startswith("http://127.0.0.1:") and not page.analytics_enabled  # local only, no telemetry
     before = len(web.log)
     users = [(Client(url, verbose=False), *photo_file(tmp_path, i)) for i in (data.DEMO_INDEX, 0)]
-    jobs = [c.submit(handle_file(str(path)), caption, FAST["method"], FAST["steps"], FAST["guidance"], FAST["trials"],
-                     api_name="/invert") for c, path, caption, target, scene in users]
+    jobs = [c.submit(handle_file(str(path)), caption, *FAST.values(), api_name="/invert")
+            for c, path, caption, target, scene in users]
     from gradio_client.utils import Status
 
     seen = [set(), set()]
@@ -209,7 +253,7 @@ def test_two_clients_at_once_both_finish_one_after_the_other(server, tmp_path):
     edits = [c.submit(target, "auto", 0.8, 0.4, "", scene.shape, "", None, api_name="/edit")
              for c, path, caption, target, scene in users]
     for job, (c, path, caption, target, scene), index in zip(edits, users, (data.DEMO_INDEX, 0)):
-        gallery, edited, files, note = job.result(timeout=300)
+        gallery, edited, files, note, maps = job.result(timeout=300)
         assert_colour_swap(Image.open(edited), index, target)  # each user edits their own photo
         assert read_png_metadata(files[0]["path"] if isinstance(files[0], dict) else files[0])["target_prompt"] == target
     ran = sorted(web.log[before:], key=lambda j: j.start)
@@ -254,7 +298,7 @@ def test_a_request_naming_a_server_path_never_opens_it(server, tmp_path):
     caption = data.sample("test", 0)[1]
     for path in (str(secret), os.path.relpath(secret), through_uploads, str(fifo)):
         for meta in ({}, {"meta": {"_type": "gradio.FileData"}}):
-            kind, message = call_api(url, "invert", [{"path": path, **meta}, caption, "null-text", 2, 7.5, 1])
+            kind, message = call_api(url, "invert", [{"path": path, **meta}, caption, "null-text", 2, 7.5, 1, "secant"])
             assert kind == "error", (path, meta)
             if not meta:  # Gradio's own check refuses the meta form and hides its text (show_error is off)
                 assert "not a file uploaded to this server" in message and "\n" not in message, message
@@ -286,7 +330,7 @@ def test_the_upload_limit_holds_however_a_file_is_sent_and_the_server_keeps_serv
                           headers={"content-type": "multipart/form-data; boundary=b"})
     assert streamed.status_code == 413
     inline = "data:image/png;base64," + base64.b64encode(b"\0" * (21 << 20)).decode()
-    kind, message = call_api(url, "invert", [{"path": "photo.png", "url": inline}, "a red circle", "null-text", 2, 7.5, 1])
+    kind, message = call_api(url, "invert", [{"path": "photo.png", "url": inline}, "a red circle", "null-text", 2, 7.5, 1, "secant"])
     assert kind == "error" and "over the 20 MB upload limit" in message and "\n" not in message, message
     image, caption = gradio_client_example(url, 0)  # and the server still serves
     assert caption == data.sample("test", 0)[1] and np.array_equal(np.asarray(Image.open(image).convert("RGB")),
@@ -305,8 +349,8 @@ def test_files_that_fail_preprocessing_are_one_line_naming_no_server_path(server
     url, web, page = server
     caption = data.sample("test", 0)[1]
     bomb = bomb_png(tmp_path / "bomb.png").read_bytes()
-    cases = [("invert", [upload(url, "notes.png", b"not an image"), caption, "null-text", 2, 7.5, 1], "not an image"),
-             ("invert", [upload(url, "bomb.png", bomb), caption, "null-text", 2, 7.5, 1], "more pixels"),
+    cases = [("invert", [upload(url, "notes.png", b"not an image"), caption, "null-text", 2, 7.5, 1, "secant"], "not an image"),
+             ("invert", [upload(url, "bomb.png", bomb), caption, "null-text", 2, 7.5, 1, "secant"], "more pixels"),
              ("edit", ["a green circle", "auto", 0.8, 0.4, "", "", "",
                        {"background": None, "layers": [upload(url, "layer.png", b"junk")], "composite": None}],
               "not an image")]
@@ -338,7 +382,7 @@ def test_cancel_button_through_the_server(server, tmp_path):
     url, web, page = server
     client = Client(url, verbose=False)
     path, caption, *_ = photo_file(tmp_path, 2)
-    job = client.submit(handle_file(str(path)), caption, "null-text", 40, 7.5, 5, api_name="/invert")
+    job = client.submit(handle_file(str(path)), caption, "null-text", 40, 7.5, 5, "secant", api_name="/invert")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait for the first step report, then press Cancel
         progress = job.status().progress_data
@@ -407,7 +451,9 @@ def test_in_a_real_browser(server, tmp_path):
         driver.get(url)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#photo input[type=file]"))
         driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(path))
-        driver.find_element(By.CSS_SELECTOR, "#caption textarea").send_keys(caption)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#photo img"))  # the upload has arrived
+        driver.find_element(By.ID, "caption-it").click()  # the bundled captioner writes the caption
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#caption textarea").get_attribute("value") == caption)
         driver.find_element(By.XPATH, "//button[contains(., 'Advanced')]").click()
         for elem, value in (("steps", FAST["steps"]), ("inner", FAST["trials"])):
             box = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f"#{elem} input[type=number]"))
@@ -418,7 +464,11 @@ def test_in_a_real_browser(server, tmp_path):
         wait.until(lambda d: "PSNR" in d.find_element(By.ID, "status").text)
         assert "10 steps" in driver.find_element(By.ID, "status").text
         driver.find_element(By.CSS_SELECTOR, "#targets textarea").send_keys(target)
-        driver.find_element(By.CSS_SELECTOR, "#blend textarea").send_keys(scene.shape)
+        blend = driver.find_element(By.CSS_SELECTOR, "#blend textarea")  # filled in from the word diff, and shown
+        wait.until(lambda d: blend.get_attribute("value") == "red, green" and "→" in d.find_element(By.ID, "changes").text)
+        assert driver.find_element(By.ID, "changes").text == 'edit 1: "red" → "green"'
+        blend.send_keys(Keys.CONTROL, "a", Keys.BACKSPACE)
+        blend.send_keys(scene.shape)
         driver.find_element(By.ID, "edit").click()
         width, height, rgba = wait.until(lambda d: d.execute_script(READ_PIXELS))
         shown = Image.fromarray(np.array(rgba, np.uint8).reshape(height, width, 4)[..., :3])

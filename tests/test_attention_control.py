@@ -60,8 +60,8 @@ def _swap(prompt: str, index: int, word: str) -> str:
 class Spy(PromptToPrompt):
     """Records which layers the controller asked for, per step: {(step, is_cross): {pixels}}."""
 
-    def __init__(self, plan, blend, seen):
-        super().__init__(plan, blend)
+    def __init__(self, plan, blend, record, seen):
+        super().__init__(plan, blend, record)
         self.seen = seen
 
     def wants(self, layer, is_cross, pixels):
@@ -74,7 +74,7 @@ class Spy(PromptToPrompt):
 def test_self_attention_filter_on_four_resolutions(four_level, four_inversion, monkeypatch, min_pixels, injected):
     """Self-attention is injected on layers with ≤ max(self_min_pixels, 1/16 of the latent's pixels) only."""
     seen = {}
-    monkeypatch.setattr("nulltext.editing.from_inversion.PromptToPrompt", lambda plan, blend: Spy(plan, blend, seen))
+    monkeypatch.setattr("nulltext.editing.from_inversion.PromptToPrompt", lambda plan, blend, record: Spy(plan, blend, record, seen))
     inv = four_inversion
     target = _swap(inv.prompt, 1, "green" if inv.prompt.split()[1] != "green" else "red")
     edit(four_level, inv, [target], EditConfig(self_replace=0.4, self_min_pixels=min_pixels))

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import ray
-import torch
 
 from nulltext.batch import BatchConfig, read_manifest, run_manifest
 from nulltext.batch.ray_data import RayOptions, ray_executor
@@ -17,6 +16,7 @@ from nulltext.bundled import data
 from nulltext.cli import main
 from nulltext.inversion.file import load_inversion
 from nulltext.io.outputs import TEMP_SUFFIX
+from numerics import relative_error
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,10 @@ def test_ray_gives_the_local_results(local_ray, tiny, tiny_dir, tmp_path):
         assert r["psnr"] == pytest.approx(mine["psnr"], abs=1e-3)
         assert r["inversion"] == mine["inversion"] and r["edits"] == mine["edits"]
         a, b = load_inversion(remote / r["inversion"], tiny), load_inversion(local / mine["inversion"], tiny)
-        assert torch.allclose(a.null_embeddings, b.null_embeddings, atol=1e-5)
+        # the Ray workers run one torch thread, this process maybe more: equal to float rounding, as a relative
+        # norm (measured 1e-4 between 1 and 2 threads; element-wise, single values differ by 3e-4)
+        err = relative_error(a.null_embeddings, b.null_embeddings)
+        assert err < 1e-3 and relative_error(a.latent_T, b.latent_T) < 1e-3, err
 
 
 def _map_workers() -> list[int]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nulltext.bundled.evaluate import judge
+from nulltext.bundled.judge import judge
 from nulltext.cli import main
 from nulltext.evaluation.edit_bench import (EDIT_TYPES, BenchConfig, bench_report, make_cases, markdown_table, run_edit_bench,
                                  score_edit)

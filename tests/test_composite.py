@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from nulltext.bundled import data
-from nulltext.bundled.evaluate import judge
+from nulltext.bundled.judge import judge
 from nulltext.editing import edit
 from nulltext.editing.composite import composite, composite_weights, gaussian_blur
 from nulltext.editing.config import EditConfig

@@ -15,12 +15,12 @@ LAYERS = [
     ("base", ["nulltext.errors", "nulltext.settings", "nulltext.lazy", "nulltext.progress"]),
     ("core", ["nulltext.core", "nulltext.bundled.data", "nulltext.bundled.tokenizer", "nulltext.bundled"]),
     ("io", ["nulltext.io"]),
-    ("model", ["nulltext.model"]),
+    ("model", ["nulltext.model", "nulltext.captioning"]),
     ("inversion", ["nulltext.inversion"]),
     ("editing", ["nulltext.editing"]),
     ("evaluation", ["nulltext.evaluation", "nulltext.bundled.evaluate", "nulltext.bundled.train"]),
     ("batch", ["nulltext.batch"]),
-    ("faces", ["nulltext.cli", "nulltext.app", "nulltext.app_uploads", "nulltext.demo"]),
+    ("faces", ["nulltext.cli", "nulltext.app", "nulltext.app_fields", "nulltext.app_uploads", "nulltext.demo"]),
 ]
 
 

@@ -3,6 +3,7 @@
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+from budget import EDIT_STEPS
 from nulltext.inversion import InversionConfig
 from nulltext.editing import reconstruct
 
@@ -31,7 +32,7 @@ def stock_reconstruction(model, inversion):
 
 
 def test_stock_pipeline_reproduces_our_reconstruction(bundled, bundled_null_text):
-    inversion = bundled_null_text(1, InversionConfig.paper())  # the paper's settings, 50 steps; shared
+    inversion = bundled_null_text(1, InversionConfig.paper(num_steps=EDIT_STEPS))  # the paper's Adam; shared
     ours = reconstruct(bundled, inversion)
     theirs = stock_reconstruction(bundled, inversion)
     assert (ours - theirs).abs().max() < 2e-3  # same sampler, two implementations

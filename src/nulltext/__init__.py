@@ -23,7 +23,7 @@ _EXPORTS = {
     "save_inversion": "nulltext.inversion.file", "load_inversion": "nulltext.inversion.file",
     "reconstruct": "nulltext.editing.from_inversion", "edit": "nulltext.editing.from_inversion",
     "attention_maps": "nulltext.editing.from_inversion", "EditConfig": "nulltext.editing.config",
-    "NulltextError": "nulltext.errors",
+    "NulltextError": "nulltext.errors", "load_captioner": "nulltext.captioning",
 }
 __all__ = ["__version__", *_EXPORTS]
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ impo
     from nulltext.inversion.file import load_inversion, save_inversion
     from nulltext.model import Model, load_model
     from nulltext.editing.config import EditConfig
+    from nulltext.captioning import load_captioner
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -29,12 +29,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from nulltext.app_fields import drawn_mask, reweights, words  # noqa: E402
 from nulltext.app_uploads import GatedBlocks  # noqa: E402
 from nulltext.bundled import data  # noqa: E402
+from nulltext.captioning import Captioner, load_captioner  # noqa: E402
 from nulltext.editing.from_inversion import attention_maps, edit  # noqa: E402
-from nulltext.editing.word_diff import auto_blend_words  # noqa: E402
+from nulltext.editing.word_diff import auto_blend_words, edit_preview  # noqa: E402
 from nulltext.io.images import load_image, output_metadata, save_png, to_pil, to_tensor  # noqa: E402
-from nulltext.inversion.config import InversionConfig, Method  # noqa: E402
+from nulltext.inversion.config import InversionConfig, Method, Optimizer  # noqa: E402
 from nulltext.inversion.null_text import Inversion, invert  # noqa: E402
 from nulltext.progress import StepReport  # noqa: E402
 from nulltext.inversion.file import load_inversion, save_inversion  # noqa: E402
@@ -46,9 +48,8 @@ from nulltext.io.viz import attention_tiles, edit_mask_overlay  # noqa: E402
 MAX_UPLOAD = 20 << 20  # bytes: photos, masks and .nti files, however sent; Pillow's decompression-bomb limit guards the pixels
 DISPLAY_SIDE = 256  # small model images are shown upscaled (nearest) to at least this many pixels
 EXAMPLE_INDICES = (829, 0, 2, 3)  # bundled test photos: the demo's red circle first
-MODEL_JOBS = "model"
-KEEP_DOWNLOADS = 3600  # seconds a job's files stay in the app's folder (Gradio's cache: `delete_cache` below)  # the concurrency group of every event that runs the model
-
+MODEL_JOBS = "model"  # the concurrency group of every event that runs the model
+KEEP_DOWNLOADS = 3600  # seconds a job's files stay in the app's folder (Gradio's cache: `delete_cache` below)
 Progress = Callable[..., None]  # gr.Progress's call: progress((done, total), desc=...)
 
 
@@ -63,6 +64,7 @@ class Session:
     inversion: Inversion | None = None
     photo: Image.Image | None = None
     cancel_requested: bool = False
+    prefilled: set[str] = field(default_factory=set)  # blend words the page filled in from the word diff
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class WebApp:
     """The app's callbacks over one loaded model; `build()` lays them out as a Gradio page."""
 
     model: Model
+    captioner: Captioner | None = None  # for "Caption it"; None: the bundled captioner on the bundled model, else none
     max_upload: int = MAX_UPLOAD  # bytes, for every way a file can reach the server
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="nulltext-app-")))
     log: list[JobRecord] = field(default_factory=list)
@@ -95,6 +98,26 @@ class WebApp:
         image, caption = data.sample("test", index, self.model.default_size[0])
         return image, caption
 
+    def caption(self, photo_path: str | None) -> str:
+        """A caption of the uploaded photo by the app's captioner (the source caption to invert with)."""
+        with _one_line_errors():
+            if not photo_path:
+                raise gr.Error("upload a photo or pick an example first")
+            photo = load_image(photo_path, self.model.default_size)
+            with self._model_job("caption"):
+                return (self.captioner or load_captioner(None, self.model.source))(photo.image)
+
+    def word_changes(self, session: Session, targets: str, blend: str) -> tuple[Session, str, str]:
+        """The targets' word changes (shown) and `--blend auto`'s words, filled into the blend box unless typed over."""
+        prompts = [t.strip() for t in (targets or "").splitlines() if t.strip()]
+        if session.inversion is None or not prompts:
+            return session, blend, ""
+        lines, words = edit_preview(session.inversion.prompt, prompts)
+        if (blend or "").strip() in {"", *session.prefilled}:  # not words the user typed
+            blend = ", ".join(words)
+            session.prefilled.add(blend)
+        return session, blend, "  \n".join(lines)
+
     def cancel(self, session: Session) -> str:
         """Ask the running inversion of this session to stop after its current step."""
         session.cancel_requested = True
@@ -105,7 +128,7 @@ class WebApp:
         session.cancel_requested = False
 
     def invert(self, session: Session, photo_path: str | None, caption: str, method: str, steps: float,
-               guidance: float, trials: float, progress: Progress = gr.Progress()):
+               guidance: float, trials: float, optimizer: str = "secant", progress: Progress = gr.Progress()):
         """Invert the uploaded photo with its caption; per-step progress with the loss; Cancel stops within a step."""
         with _one_line_errors():
             if not photo_path:
@@ -115,8 +138,10 @@ class WebApp:
                 raise gr.Error("type a caption of the photo (what it shows, e.g. 'a red circle on a blue background')")
             if method not in get_args(Method):
                 raise gr.Error(f"unknown inversion method {method!r} — use one of {', '.join(get_args(Method))}")
-            config = InversionConfig(method=method, num_steps=int(steps), guidance_scale=float(guidance),
-                                     trials=int(trials))
+            if optimizer not in get_args(Optimizer):
+                raise gr.Error(f"unknown optimiser {optimizer!r} — use one of {', '.join(get_args(Optimizer))}")
+            config = InversionConfig(method=method, num_steps=int(steps), guidance_scale=float(guidance), optimizer=optimizer,
+                                     **{"trials" if optimizer == "secant" else "inner_steps": int(trials)})
             self.model.check_prompt(caption)
             photo = load_image(photo_path, self.model.default_size)  # decompression bombs → one-line ImageError
 
@@ -176,18 +201,18 @@ class WebApp:
                 raise gr.Error("type at least one target caption, e.g. the caption with one word changed")
             if mode not in get_args(Mode):
                 raise gr.Error(f"unknown edit mode {mode!r} — use auto, replace or refine")
-            blend_words = _words(blend)
+            blend_words = words(blend)
             if blend_words == ["auto"]:  # the words the targets change
                 blend_words = auto_blend_words(inversion.prompt, prompts)
             config = EditConfig(mode=mode, cross_replace=float(cross), self_replace=float(self_replace),
-                                reweight=_reweights(reweight), blend_words=blend_words, blend_subtract=_words(keep),
-                                blend_mask=_drawn_mask(mask, inversion.image_size))
+                                reweight=reweights(reweight), blend_words=blend_words, blend_subtract=words(keep),
+                                blend_mask=drawn_mask(mask, inversion.image_size))
 
             def step(report: StepReport) -> None:
                 progress((report.step, report.total), desc=f"edit step {report.step}/{report.total}")
 
             with self._model_job("edit"):
-                result = edit(self.model, inversion, prompts, config, step)
+                result = edit(self.model, inversion, prompts, config, step, record_attention=True)
             images = to_pil(result.images)
             files = self._write_edits(inversion, prompts, images[1:], config)
             shown = result.shown_masks()  # where each edit may differ from the photo: a user sees why a pixel changed
@@ -195,7 +220,10 @@ class WebApp:
                 [(_show(edit_mask_overlay(result.images[j + 1], shown[j])), f"changed: {p}") for j, p in enumerate(prompts)]
             gallery = ([(_show(session.photo), "photo")] if session.photo is not None else []) + \
                 [(_show(images[0]), "reconstruction")] + [(_show(im), p) for im, p in zip(images[1:], prompts)] + overlays
-            return gallery, images[1], [str(p) for p in files], f"Edited: {len(prompts)} target caption(s)."
+            maps = [tile for j, p in enumerate(prompts, 1)
+                    for tile in _attention_gallery(result.images[j : j + 1], *result.attention_maps(j, self.model.tokenizer)[::-1], p)]
+            note = " ".join([f"Edited: {len(prompts)} target caption(s).", *(f"⚠ {w}." for w in result.warnings)])
+            return gallery, images[1], [str(p) for p in files], note, maps
 
     # -----------------------------------------------------------------------------------------
 
@@ -244,8 +272,9 @@ class WebApp:
         with GatedBlocks(title="nulltext — edit photos with words", analytics_enabled=False,
                        delete_cache=(KEEP_DOWNLOADS, 24 * KEEP_DOWNLOADS)) as page:
             session = gr.State(lambda: Session())  # a fresh Session per browser session
+            loras = f" with LoRA {', '.join(f'`{x}`' for x in self.model.loras)}" if self.model.loras else ""
             gr.Markdown("# nulltext\nEdit a photo with words: Null-text Inversion + Prompt-to-Prompt "
-                        f"on `{self.model.source}`. Invert once, then edit as often as you like.")
+                        f"on `{self.model.source}`{loras}. Invert once, then edit as often as you like.", elem_id="model-line")
             with gr.Row():
                 with gr.Column():
                     gr.Markdown("### 1 · Photo")
@@ -254,12 +283,15 @@ class WebApp:
                                      height=DISPLAY_SIDE, elem_id="photo")
                     caption = gr.Textbox(label="Caption of the photo", placeholder="a red circle on a blue background",
                                          elem_id="caption")
+                    caption_button = gr.Button("Caption it", size="sm", elem_id="caption-it")
                     method = gr.Radio(list(get_args(Method)), value=inv.method, label="Inversion method")
                     with gr.Accordion("Advanced", open=False):
                         steps = gr.Slider(1, 200, value=inv.num_steps, step=1, label="DDIM steps", elem_id="steps")
                         guidance = gr.Slider(1.0, 15.0, value=inv.guidance_scale, step=0.5, label="Guidance scale w")
-                        inner = gr.Slider(0, 50, value=inv.trials, step=1,
-                                          label="Trials per step at most (null-text)", elem_id="inner")
+                        optimizer = gr.Radio(list(get_args(Optimizer)), value=inv.optimizer, label="Null-text optimiser "
+                                             "(secant: ≈ 0.4× the paper's UNet work; adam: the paper's)")
+                        inner = gr.Slider(0, 50, value=inv.trials, step=1, elem_id="inner",
+                                          label="Secant trials or Adam updates per step at most (null-text)")
                     gr.Markdown("### 2 · Invert")
                     with gr.Row():
                         invert_button = gr.Button("Invert", variant="primary", elem_id="invert")
@@ -273,8 +305,9 @@ class WebApp:
                     targets = gr.Textbox(label="Target captions, one per line", lines=2, elem_id="targets",
                                          placeholder="a green circle on a blue background")
                     mode = gr.Radio(list(get_args(Mode)), value=ed.mode, label="Mode")
-                    blend = gr.Textbox(label="Blend words (edit only where these words attend; auto: the changed words)",
-                                       placeholder="circle",
+                    changes = gr.Markdown(elem_id="changes")
+                    blend = gr.Textbox(label="Blend words (edit only where these words attend; filled in with the "
+                                             "changed words; auto: the changed words)", placeholder="circle",
                                        elem_id="blend")
                     with gr.Accordion("More edit controls", open=False):
                         cross = gr.Slider(0.0, 1.0, value=ed.cross_replace, step=0.05, label="Cross-attention replacement (fraction of steps)")
@@ -288,6 +321,8 @@ class WebApp:
                     edited = gr.Image(label="Edited", type="pil", format="png", interactive=False, height=DISPLAY_SIDE,
                                       elem_id="edited")
                     edit_status = gr.Markdown(elem_id="edit-status")
+                    target_attention = gr.Gallery(label="Cross-attention per token (target captions)", columns=5,
+                                                  height="auto", format="png", elem_id="target-attention")
                     gr.Markdown("### 4 · Results")
                     gallery = gr.Gallery(label="Photo, reconstruction and edits", columns=4, height="auto", format="png",
                                          elem_id="gallery")
@@ -296,15 +331,19 @@ class WebApp:
 
             page.name(photo, "photo"), page.name(nti_in, ".nti file"), page.name(mask, "mask")  # for their errors
             example.change(self.example, [example], [photo, caption], api_name="example", queue=False)
+            caption_button.click(self.caption, [photo], [caption], api_name="caption",
+                                 concurrency_limit=1, concurrency_id=MODEL_JOBS)
+            targets.change(self.word_changes, [session, targets, blend], [session, blend, changes],
+                           api_name="word_changes", queue=False, trigger_mode="always_last")
             armed = invert_button.click(self.arm, [session], None, queue=False, api_visibility="private")
-            armed.then(self.invert, [session, photo, caption, method, steps, guidance, inner],
+            armed.then(self.invert, [session, photo, caption, method, steps, guidance, inner, optimizer],
                        [session, status, gallery, attention, downloads, mask], api_name="invert",
                        concurrency_limit=1, concurrency_id=MODEL_JOBS)
             cancel_button.click(self.cancel, [session], [status], api_name="cancel", queue=False)
             nti_in.upload(self.load_nti, [session, nti_in], [session, status, caption, gallery, attention, mask],
                           api_name="load_nti", concurrency_limit=1, concurrency_id=MODEL_JOBS)
             edit_button.click(self.edit, [session, targets, mode, cross, self_replace, reweight, blend, keep, mask],
-                              [gallery, edited, downloads, edit_status], api_name="edit",
+                              [gallery, edited, downloads, edit_status, target_attention], api_name="edit",
                               concurrency_limit=1, concurrency_id=MODEL_JOBS)
         page.queue(default_concurrency_limit=1)
         return page
@@ -357,44 +396,14 @@ def _show(image: Image.Image) -> Image.Image:
     return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
 
 
-def _attention_gallery(image: torch.Tensor, maps: torch.Tensor, tokens: list[str]):
+def _attention_gallery(image: torch.Tensor, maps: torch.Tensor, tokens: list[str], caption: str = "reconstruction"):
     tiles = attention_tiles(image, maps)
-    return [(_show(t), label) for t, label in zip(tiles, ["reconstruction", *tokens])]
+    return [(_show(t), label) for t, label in zip(tiles, [caption, *tokens])]
 
 
 def _mask_canvas(photo: Image.Image):
     """The mask editor's background: the photo, shown large enough to paint on."""
     return {"background": np.asarray(_show(photo)), "layers": [], "composite": None}
-
-
-def _drawn_mask(value, size: tuple[int, int]) -> torch.Tensor | None:
-    """Painted pixels of the mask editor's layers → (H, W) bool at the photo's size; None when nothing is painted."""
-    layers = [] if not isinstance(value, dict) else [np.asarray(x) for x in value.get("layers") or [] if x is not None]
-    painted = [x[..., 3] > 127 for x in layers if x.ndim == 3 and x.shape[-1] == 4]
-    if not painted or not any(p.any() for p in painted):
-        return None
-    union = Image.fromarray(np.logical_or.reduce(painted).astype(np.uint8) * 255)
-    return torch.from_numpy(np.asarray(union.resize(tuple(size), Image.Resampling.NEAREST)) > 127)
-
-
-def _words(text: str | None) -> list[str]:
-    return [w.strip() for w in re.split(r"[,\s]+", text or "") if w.strip()]
-
-
-def _reweights(text: str | None) -> dict[str, float]:
-    """'red=-3, circle=2' → {'red': -3.0, 'circle': 2.0}."""
-    scales = {}
-    for item in (text or "").split(","):
-        if not item.strip():
-            continue
-        word, sep, value = item.strip().rpartition("=")
-        try:
-            scales[word.strip()] = float(value)
-            if not sep or not word.strip():
-                raise ValueError
-        except ValueError:
-            raise gr.Error(f"re-weight {item.strip()!r} is not WORD=SCALE, e.g. red=-3") from None
-    return scales
 
 
 def system_theme() -> gr.themes.Base:
@@ -408,13 +417,13 @@ CSS = """img { image-rendering: pixelated; }
 
 
 def launch(model: Model, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
-           quiet: bool = False, block: bool = True, max_upload: int = MAX_UPLOAD):
+           quiet: bool = False, block: bool = True, max_upload: int = MAX_UPLOAD, captioner: Captioner | None = None):
     """Build and launch the app; returns (page, WebApp) once serving when `block` is False.
 
     `show_error` is off: the page shows the one-line gr.Error messages the app raises, and any other
     failure only as "Error" (its text may name server paths; the server's log has it).
     """
-    app = WebApp(model, max_upload=max_upload)
+    app = WebApp(model, captioner=captioner, max_upload=max_upload)
     page = app.build()
     page.launch(server_name=host, server_port=port, share=share, quiet=quiet, prevent_thread_lock=not block,
                 max_file_size=max_upload, theme=system_theme(), css=CSS, ssr_mode=False, mcp_server=False,

@@ -47,10 +47,10 @@ class BatchWorker:
     """A Ray Data actor: loads the model once, then runs batches of tasks (one JSON string per row)."""
 
     def __init__(self, model: str | None, device: str | None, dtype: str | None, out: str, redo: bool,
-                 allow_pickle: bool = False):
+                 allow_pickle: bool = False, loras: list[str] | None = None):
         from nulltext.model import load_model
 
-        self.model = load_model(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
+        self.model = load_model(model, device=device, dtype=dtype, allow_pickle=allow_pickle, loras=loras or ())
         self.out, self.redo = out, redo
 
     def __call__(self, batch: dict) -> dict:
@@ -62,8 +62,10 @@ class BatchWorker:
 
 
 def ray_executor(options: RayOptions, model: str | None, device: str | None, dtype: str | None, out: str | Path,
-                 config: BatchConfig, allow_pickle: bool = False) -> Callable[[list[dict], Callable[[dict], None]], None]:
-    """An executor for `run_manifest`: runs the tasks on Ray Data and hands each record back as it arrives."""
+                 config: BatchConfig, allow_pickle: bool = False, loras: list[str] | None = None
+                 ) -> Callable[[list[dict], Callable[[dict], None]], None]:
+    """An executor for `run_manifest`: runs the tasks on Ray Data and hands each record back as it arrives
+    (each worker loads the model with the same LoRA files, given as "FILE:SCALE")."""
     try:
         import ray.data  # noqa: F401
     except ImportError:
@@ -71,6 +73,9 @@ def ray_executor(options: RayOptions, model: str | None, device: str | None, dty
 
     if model is not None and os.path.exists(model):
         model = os.path.abspath(model)  # a local folder or file, seen from the workers' own working folders
+    from nulltext.model.lora import LoRA
+
+    loras = [f"{os.path.abspath(lora.path)}:{lora.scale!r}" for lora in map(LoRA.parse, loras or [])]
 
     def execute(tasks: list[dict], on_result: Callable[[dict], None]) -> None:
         if not tasks:
@@ -96,7 +101,7 @@ def ray_executor(options: RayOptions, model: str | None, device: str | None, dty
                 BatchWorker, batch_size=config.batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
                 num_cpus=options.cpus_per_worker, num_gpus=gpus, batch_format="numpy",
                 fn_constructor_kwargs={"model": model, "device": device, "dtype": dtype, "out": str(Path(out).resolve()),
-                                       "redo": config.redo, "allow_pickle": allow_pickle})
+                                       "redo": config.redo, "allow_pickle": allow_pickle, "loras": loras})
             for row in records.iter_rows():
                 on_result(json.loads(row["record"]))
         finally:

@@ -76,18 +76,37 @@ def cmd_invert(args) -> None:
                        **({} if args.inner_steps is None else
                           {"trials" if args.optimizer == "secant" else "inner_steps": args.inner_steps}))
     open_regular(args.photo).close()  # a missing or unreadable photo is refused before the model loads
+    if args.captioner is not None and args.prompt not in (None, "auto"):
+        raise CLIError("--captioner writes a caption for a photo without --prompt: pass one of the two")
+    captioner = _captioner(args) if args.prompt in (None, "auto") else None
     model = _load_model(args)
     make_schedule(model.scheduler_config, config.num_steps)  # the scheduler's own step limit
     size = args.size or model.default_size
     model.check_size(size)
-    model.check_prompt(args.prompt)
+    if captioner is None:
+        model.check_prompt(args.prompt)
     photo = load_image(args.photo, size, crop=args.crop)
+    prompt = args.prompt
+    if captioner is not None:
+        prompt = captioner(photo.image)
+        print(f'caption: "{prompt}" (by the {captioner.name} captioner; pass --prompt to use your own)')
+        model.check_prompt(prompt)
     progress = _step_bar(args, "null-text" if config.method == "null-text" else "ddim")
-    inversion = invert(model, to_tensor(photo.image), args.prompt, config, progress, **photo.provenance())
+    inversion = invert(model, to_tensor(photo.image), prompt, config, progress, **photo.provenance())
     save_inversion(inversion, out, force=args.force, keep_both=True)
     iters = sum(inversion.inner_iterations)
-    print(f"wrote {out}  ({inversion.wall_time:.1f} s, {iters} Adam iterations"
+    unit = "secant trials" if config.optimizer == "secant" else "Adam iterations"
+    print(f"wrote {out}  ({inversion.wall_time:.1f} s, {iters} {unit}"
                + (f", final loss {inversion.losses[0]:.2e})" if inversion.losses else ")"))
+
+
+def _captioner(args):
+    """The captioner for a photo without --prompt, loaded before the model (a missing one is refused first)."""
+    from nulltext.captioning import BUNDLED, load_captioner
+    from nulltext.model.device import resolve_device
+
+    model_source = BUNDLED if args.model in (None, "", BUNDLED) else args.model
+    return load_captioner(args.captioner, model_source, resolve_device(args.device))
 
 
 def _psnr_report(model, inversion, image) -> str:
@@ -146,6 +165,8 @@ def cmd_edit(args) -> None:
     model, inversion = _open(args)
     config = _edit_config(args, inversion)
     result = edit(model, inversion, targets, config, _step_bar(args, "edit"))
+    for warning in [] if args.quiet else result.warnings:
+        print(f"nulltext: warning: {warning}", file=sys.stderr)
     images = to_pil(result.images)
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "blend_mask"}
     if args.mask is not None:
@@ -277,10 +298,11 @@ def cmd_serve(args) -> None:
     except ImportError as e:
         raise CLIError(f"the web app needs Gradio ({e.name} is not installed) — pip install 'nulltext[ui]'") from None
 
+    captioner = _captioner(args) if args.captioner is not None else None
     model = _load_model(args)
     if not args.quiet:
         print(f"nulltext: serving {model.source} at http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
-    launch(model, host=args.host, port=args.port, share=args.share == "on", quiet=args.quiet)
+    launch(model, host=args.host, port=args.port, share=args.share == "on", quiet=args.quiet, captioner=captioner)
 
 
 def cmd_batch(args) -> int:
@@ -309,7 +331,8 @@ def cmd_batch(args) -> int:
 
         options = _settings(RayOptions, address=None if args.ray == "local" else args.ray, workers=args.workers,
                             gpus_per_worker=args.gpus_per_worker)
-        executor = ray_executor(options, args.model, args.device, args.dtype, args.output, config, args.allow_pickle)
+        executor = ray_executor(options, args.model, args.device, args.dtype, args.output, config, args.allow_pickle,
+                                args.lora)
     summary = run_manifest(model, rows, args.output, config, executor, on_row, on_step,
                            on_plan=lambda pending: rows_bar.reset(total=pending))
     rows_bar.close()

@@ -24,7 +24,7 @@ def _load_model(args):
     from nulltext.model import load_model
 
     return load_model(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle,
-                      config=getattr(args, "model_config", None))
+                      config=getattr(args, "model_config", None), loras=getattr(args, "lora", None) or ())
 
 
 def _progress(args, total: int, desc: str):

@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--force", action="store_true", help="overwrite existing outputs")
     common.add_argument("--allow-pickle", action="store_true",
                         help="load a pickled .ckpt model (pickles can run code: only from a source you trust)")
+    common.add_argument("--lora", action="append", metavar="FILE[:SCALE]",
+                        help="a LoRA .safetensors file fused into the model at SCALE (default 1); repeatable")
     common.add_argument("--model-config", default=None, metavar="FOLDER",
                         help="for a single-file --model: a local diffusers folder of the same family whose configs "
                              "describe it (no network needed)")
@@ -114,7 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("invert", parents=[common], help="invert a photo into an .nti file")
     s.add_argument("photo")
-    s.add_argument("--prompt", "-p", required=True, help="a caption of the photo")
+    s.add_argument("--prompt", "-p", default=None,
+                   help='a caption of the photo (default, or "auto": the --captioner writes one, and says which)')
+    s.add_argument("--captioner", default=None, metavar="FOLDER|HUB_ID",
+                   help='an image-captioning model for a photo without --prompt: a local folder or a hub id in the '
+                        'local Hugging Face cache (BLIP-style), or "bundled" (default for the bundled model)')
     s.add_argument("-o", "--output", help="the .nti file (default: PHOTO's name with .nti, here)")
     s.add_argument("--method", default=inv("method"), choices=list(typing.get_args(Method)),
                    help=f"inversion method (default: {inv('method')})")
@@ -215,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=_count(1, 65535), default=7860, help="port (default: 7860)")
     s.add_argument("--share", choices=["off", "on"], default="off",
                    help="on: also open a temporary public gradio.live link (sends traffic off the machine)")
+    s.add_argument("--captioner", default=None, metavar="FOLDER|HUB_ID",
+                   help="the image-captioning model behind the page's \"Caption it\" button (a local folder or a hub "
+                        "id in the local Hugging Face cache; default: the bundled captioner on the bundled model)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("batch", parents=[common], help="invert and edit every row of a manifest, resumably")

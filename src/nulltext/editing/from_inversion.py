@@ -9,7 +9,7 @@ differ from the paper by default: rows with another caption than the source's ge
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,7 +20,7 @@ from nulltext.core.ddim import sample
 from nulltext.inversion.null_text import Inversion
 from nulltext.inversion.file import check_model
 from nulltext.model import Model
-from nulltext.editing.prompt_to_prompt import LocalBlend, PromptToPrompt, latent_mask, plan_edit
+from nulltext.editing.prompt_to_prompt import LocalBlend, PromptToPrompt, latent_mask, plan_edit, weak_blend_words
 from nulltext.editing.config import EditConfig
 from nulltext.core.sampling import guided_ddim, guided_prediction
 from nulltext.progress import Progress
@@ -35,6 +35,15 @@ def reconstruct(model: Model, inversion: Inversion, callback: Progress | None = 
     return model.decode_latents(z0).cpu()
 
 
+def token_maps(tokenizer, prompt: str, total: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+    """A caption's tokens (BOS and padding left out, EOS kept) and their summed attention `total`
+    (all tokens, h, w) scaled to [0, 1] per token."""
+    ids = tokenizer(prompt).input_ids  # BOS … EOS
+    tokens = [t.replace("</w>", "") for t in tokenizer.convert_ids_to_tokens(ids)][1:]
+    maps = total[1 : len(ids)]
+    return tokens, maps / maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+
+
 @dataclass
 class EditResult:
     """Source reconstruction first, then one image per target prompt."""
@@ -44,6 +53,12 @@ class EditResult:
     latents: torch.Tensor  # (1+n, C, h, w)
     masks: torch.Tensor | None  # (n, h, w) final local-blend masks, if blending
     weights: torch.Tensor | None = None  # (n, 1, H, W) in [0, 1]: each edit over the photo, if composited
+    warnings: list[str] = field(default_factory=list)  # one line each: blend words with almost no attention
+    attention: torch.Tensor | None = None  # (1+n, tokens, h, w) each row's cross-attention per token, if recorded
+
+    def attention_maps(self, row: int, tokenizer) -> tuple[list[str], torch.Tensor]:
+        """Row `row`'s caption tokens (BOS and padding left out, EOS kept) and their maps (tokens, h, w) in [0, 1]."""
+        return token_maps(tokenizer, self.prompts[row], self.attention[row])
 
     def shown_masks(self) -> torch.Tensor | None:
         """(n, h, w) per edit: where it may differ from the photo (compositing weights, else the blend masks)."""
@@ -52,11 +67,12 @@ class EditResult:
 
 @torch.no_grad()
 def edit(model: Model, inversion: Inversion, targets: list[str], config: EditConfig | None = None,
-         callback: Progress | None = None) -> EditResult:
+         callback: Progress | None = None, record_attention: bool = False) -> EditResult:
     """Prompt-to-Prompt edits of an inversion: the source and the targets sampled as one batch.
 
     Row 0 is the source's reconstruction (equal to `reconstruct()` up to float rounding: its attention
-    layers run the explicit path where the edit needs them).
+    layers run the explicit path where the edit needs them). `record_attention`: keep every row's
+    cross-attention per token (`EditResult.attention_maps`), at the cost of the explicit path everywhere.
     """
     check_model(inversion, model)
     config = config or EditConfig()
@@ -69,7 +85,7 @@ def edit(model: Model, inversion: Inversion, targets: list[str], config: EditCon
     plan = plan_edit(model.tokenizer, inversion.prompt, targets, config, T, latent_hw)
     user_mask = None if config.blend_mask is None else latent_mask(config.blend_mask, latent_hw)
     blend = LocalBlend(plan.blend_tokens, plan.subtract_tokens, latent_hw, config, T, user_mask)
-    controller = PromptToPrompt(plan, blend)
+    controller = PromptToPrompt(plan, blend, record_attention)
     cond = model.text_conditioning([inversion.prompt, *targets])  # (1+n, tokens, dim)
     nulls = inversion.nulls  # (T, tokens, dim): ∅_t for every row
     if config.target_null == "empty" and any(p != inversion.prompt for p in targets):
@@ -103,7 +119,9 @@ def edit(model: Model, inversion: Inversion, targets: list[str], config: EditCon
         weights = composite_weights(images[1:].float(), images[:1].float(), config)
         images = torch.cat([images[:1], composite(images[1:].float(), photo, weights).to(images.dtype)])
     return EditResult([inversion.prompt, *targets], images, latents.cpu(),
-                      None if masks is None else masks.expand(n, -1, -1).cpu(), weights)
+                      None if masks is None else masks.expand(n, -1, -1).cpu(), weights,
+                      weak_blend_words(model.tokenizer, inversion.prompt, config.blend_words, blend.source_maps),
+                      None if controller.attention is None else controller.attention.cpu())
 
 
 class _CrossAttentionRecorder:
@@ -136,8 +154,5 @@ def attention_maps(model: Model, inversion: Inversion, callback: Progress | None
     recorder = _CrossAttentionRecorder(tuple(inversion.latent_T.shape[-2:]))
     with controlled(model.unet, recorder):
         image = reconstruct(model, inversion, callback)
-    ids = model.tokenizer(inversion.prompt).input_ids  # BOS … EOS
-    tokens = [t.replace("</w>", "") for t in model.tokenizer.convert_ids_to_tokens(ids)][1:]
-    maps = recorder.total[1 : len(ids)]
-    maps = maps / maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    tokens, maps = token_maps(model.tokenizer, inversion.prompt, recorder.total)
     return tokens, maps.cpu(), image

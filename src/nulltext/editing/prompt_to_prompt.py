@@ -175,6 +175,7 @@ class LocalBlend:
     user_mask: torch.Tensor | None = None  # (h, w) bool at latent size
     blend_sum: torch.Tensor | None = None  # (1+n, h, w)
     subtract_sum: torch.Tensor | None = None  # (1+n, h, w)
+    source_maps: torch.Tensor | None = None  # (L, h, w) the source row's attention per token, summed over layers and steps
 
     @property
     def active(self) -> bool:
@@ -185,6 +186,8 @@ class LocalBlend:
         if self.blend_tokens is None:
             return
         per_pixel = maps.float().mean(1)  # (1+n, pixels, tokens)
+        maps = to_latent_grid(per_pixel[:1], self.latent_hw)[0]  # (tokens, h, w): the source row's
+        self.source_maps = maps if self.source_maps is None else self.source_maps + maps
         self.blend_sum = self._add(self.blend_sum, per_pixel, self.blend_tokens)
         if self.subtract_tokens is not None:
             self.subtract_sum = self._add(self.subtract_sum, per_pixel, self.subtract_tokens)
@@ -230,6 +233,29 @@ class LocalBlend:
         return torch.cat([source, source + mask * (targets - source)])
 
 
+def weak_blend_words(tokenizer, source: str, words: list[str], source_maps: torch.Tensor | None,
+                     weak: float = 0.5) -> list[str]:
+    """One warning line per blend word of the source caption that leads the caption's attention nowhere:
+    at no pixel does it draw `weak` of an even share of the attention the caption's words (BOS and EOS
+    left out) get there. A word that names a region leads inside it, however small the region; a word
+    attended to nowhere gives local blend an empty region, so the edit can hardly change anything."""
+    if source_maps is None:
+        return []
+    n = len(tokenizer(source).input_ids) - 2  # the caption's word tokens, between BOS and EOS
+    share = source_maps[1 : n + 1] / source_maps[1 : n + 1].sum(0).clamp_min(1e-12)  # (n, h, w) per pixel
+    out = []
+    for word in words:
+        if not _has_word(source, word, tokenizer):
+            continue  # a target's word: it has no attention in the source to measure
+        index = [i - 1 for i in word_token_indices(source, word, tokenizer)]
+        peak = float(share[index].sum(0).amax())
+        if peak < weak * len(index) / n:
+            out.append(f"blend word {word!r} draws at most {peak:.0%} of the source caption's attention at any pixel "
+                       f"(an even share is {len(index) / n:.0%}): its region is nearly empty — blend a word that "
+                       "names the region to edit")
+    return out
+
+
 def latent_mask(mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
     """A user mask (H, W) at image or latent size → (h, w) bool: a latent pixel is in if any of its image pixels is."""
     h, w = latent_hw
@@ -253,12 +279,13 @@ class PromptToPrompt:
 
     rewrites = True
 
-    def __init__(self, plan: EditPlan, blend: LocalBlend):
-        self.plan, self.blend, self.step = plan, blend, 0
+    def __init__(self, plan: EditPlan, blend: LocalBlend, record: bool = False):
+        self.plan, self.blend, self.step, self.record = plan, blend, 0, record
+        self.attention: torch.Tensor | None = None  # (1+n, tokens, h, w) summed cross-attention, if recording
 
     def wants(self, layer: str, is_cross: bool, pixels: int) -> bool:
         if is_cross:
-            return self.plan.cross_active(self.step) or self.blend.blend_tokens is not None
+            return self.record or self.plan.cross_active(self.step) or self.blend.blend_tokens is not None
         return self.plan.self_active(self.step, pixels)
 
     def __call__(self, layer: str, is_cross: bool, probs: torch.Tensor) -> torch.Tensor:
@@ -269,6 +296,10 @@ class PromptToPrompt:
             if self.plan.cross_active(self.step):
                 targets = edit_cross_attention(self.plan, self.step, source, targets)
             self.blend.accumulate(torch.cat([source[None], targets]))
+            if self.record:
+                rows = torch.cat([source[None], targets]).float().mean(1)  # (1+n, pixels, tokens)
+                grid = to_latent_grid(rows, self.blend.latent_hw)  # (1+n, tokens, h, w)
+                self.attention = grid if self.attention is None else self.attention + grid
         else:
             targets = source[None].expand_as(targets)
         return torch.cat([uncond, source[None], targets])

@@ -83,6 +83,16 @@ def auto_blend_words(source: str, targets: list[str]) -> list[str]:
     return words
 
 
+def edit_preview(source: str, targets: list[str]) -> tuple[list[str], list[str]]:
+    """What a page shows while the targets are typed: one line per target ("edit 1: "cat" → "tiger""), and
+    the words `--blend auto` would mark (none while no target changes a word it could mark)."""
+    lines = [f"edit {i}: {describe(word_diff(source, t))}" for i, t in enumerate(targets, 1)]
+    try:
+        return lines, auto_blend_words(source, targets)
+    except BlendWordsError:
+        return lines, []
+
+
 def unnamed_region_warnings(source: str, targets: list[str]) -> list[str]:
     """One line per target that replaces no word and appends words after the source caption's last one
     ("a photo" → "a photo of a tiger"): the source caption names nothing they could replace, and

@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from nulltext.evaluation import metrics, perceptual
-from nulltext.bundled.evaluate import foreground, judge
+from nulltext.bundled.judge import foreground, judge
 from nulltext.editing.from_inversion import edit
 from nulltext.io.images import to_pil, to_tensor
 from nulltext.inversion.file import load_inversion, save_inversion

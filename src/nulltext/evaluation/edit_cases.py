@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from nulltext.bundled import data
-from nulltext.bundled.evaluate import judge
+from nulltext.bundled.judge import judge
 
 EDIT_TYPES = ("colour", "shape", "background", "colour+shape")
 BENCH_STREAM = 9  # the first entropy word of the benchmark's scenes (the splits use 0, 1, 2 with 3 words)

@@ -300,17 +300,20 @@ GUIDANCE_SETTINGS = (("DDIM", 1.0, 1.0, "ddim"), ("DDIM", 1.0, 7.5, "ddim"), ("D
 def run_guidance_table(model: Model, photos: list[StudyPhoto], judge: Judge,
                        progress: Progress | None = None,
                        null_text: list[Inversion] | None = None,
-                       settings: Sequence[tuple[str, float, float, str]] = GUIDANCE_SETTINGS) -> list[GuidanceRow]:
+                       settings: Sequence[tuple[str, float, float, str]] = GUIDANCE_SETTINGS,
+                       inversion: InversionConfig | None = None) -> list[GuidanceRow]:
     """DDIM inversion × inference guidance, and null-text: PSNR and edit success.
 
-    `null_text`: the photos' null-text inversions (paper defaults), if already made; else they are made here.
-    `settings`: the table's rows (a subset of GUIDANCE_SETTINGS, say).
+    `null_text`: the photos' null-text inversions, if already made with this table's settings; else they are
+    made here. `settings`: the table's rows (a subset of GUIDANCE_SETTINGS, say). `inversion`: the settings
+    every row starts from (the paper's, 50 steps, by default); each row sets its method and guidance scales.
     """
+    base = inversion if inversion is not None else InversionConfig.paper()
     rows = []
     for k, (label, w_inv, w_inf, method) in enumerate(settings):
         ps, ok = [], []
         for index, item in enumerate(photos):
-            cfg = InversionConfig.paper(method=method, guidance_scale=w_inf, pivot_guidance_scale=w_inv)
+            cfg = replace(base, method=method, guidance_scale=w_inf, pivot_guidance_scale=w_inv)
             if method == "null-text" and null_text is not None and cfg == null_text[index].config:
                 inv = null_text[index]
             else:

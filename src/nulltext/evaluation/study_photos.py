@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from PIL import Image
 
 from nulltext.bundled import data
-from nulltext.bundled.evaluate import judge
+from nulltext.bundled.judge import judge
 from nulltext.evaluation.study import StudyPhoto
 
 JUDGED_BY = "the bundled model's evaluator"

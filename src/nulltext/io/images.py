@@ -431,3 +431,13 @@ def load_mask(path: str | os.PathLike[str], size: Size) -> torch.Tensor:
     else:
         grey = np.asarray(to_rgb(image).convert("L"), dtype=np.uint8)
     return torch.from_numpy(grey >= 128)
+
+
+def painted_mask(layers: list[np.ndarray], size: Size) -> torch.Tensor | None:
+    """A mask painted on RGBA layers (the web app's sketch tool) → (H, W) bool at `size` (width, height):
+    the union of their opaque pixels (alpha > 127), resized nearest; None when nothing is painted."""
+    painted = [x[..., 3] > 127 for x in layers if x.ndim == 3 and x.shape[-1] == 4]
+    if not painted or not any(p.any() for p in painted):
+        return None
+    union = Image.fromarray(np.logical_or.reduce(painted).astype(np.uint8) * 255)
+    return torch.from_numpy(np.asarray(union.resize(tuple(size), Image.Resampling.NEAREST)) > 127)

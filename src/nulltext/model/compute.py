@@ -28,6 +28,7 @@ class Model:
     identity: str
     text_encoder_2: Any = None  # SDXL: the second encoder (with projection: the pooled embedding)
     tokenizer_2: Any = None
+    loras: tuple[str, ...] = ()  # "file.safetensors:scale" of each LoRA fused into the weights
 
     @property
     def device(self) -> torch.device:

@@ -10,7 +10,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
@@ -18,6 +18,7 @@ from nulltext.errors import first_line
 from nulltext.model.compute import Model
 from nulltext.model.device import resolve_device, resolve_dtype
 from nulltext.model.errors import ModelLoadError
+from nulltext.model.lora import LoRA, check_loras, fuse_loras, identity_entries
 from nulltext.model.refusals import check_architecture, check_checkpoint_keys, check_folder
 
 BUNDLED = "bundled"
@@ -57,7 +58,7 @@ def _ddim_config(config: dict) -> dict:
 
 def load_model(source=None, device: str | torch.device | None = None,
                dtype: str | torch.dtype | None = None, allow_pickle: bool = False,
-               config: str | Path | None = None) -> Model:
+               config: str | Path | None = None, loras: Sequence = ()) -> Model:
     """Load an SD 1.x/2.x or SDXL model: "bundled", a hub id, a diffusers folder, one checkpoint file, or
     a diffusers pipeline already loaded (`from_pipeline`).
 
@@ -67,16 +68,24 @@ def load_model(source=None, device: str | torch.device | None = None,
     component configs from `config` (a local diffusers folder of the same family, e.g. one
     `save_pretrained` wrote) or else from the local Hugging Face cache. A pickled .ckpt can run code
     when loaded and is refused unless `allow_pickle`. Models of other architectures are refused
-    before their weights are read where their configs allow it. Every failure is one ModelLoadError line.
+    before their weights are read where their configs allow it. `loras`: LoRA files ("FILE[:SCALE]", a
+    path, (path, scale) or `LoRA`) fused into the weights in order (`nulltext.model.lora`). Every failure
+    is one ModelLoadError line.
     """
     if hasattr(source, "components") and hasattr(source, "unet"):  # a DiffusionPipeline the caller holds
+        if loras:
+            raise ModelLoadError("LoRAs for a loaded pipeline go into the pipeline: pipe.load_lora_weights(FILE), "
+                                 "pipe.fuse_lora(), then load_model(pipe)")
         return from_pipeline(source, device, dtype)
     source = BUNDLED if source in (None, "", BUNDLED) else str(source)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    loras = [LoRA.parse(x) for x in loras]
+    check_loras(loras)
     try:
         with _quiet_loading():
             c = _load_components(source, allow_pickle, None if config is None else Path(config).expanduser())
+            fuse_loras(c, loras)
     except ModelLoadError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure of the loaders becomes one clear line
@@ -84,7 +93,7 @@ def load_model(source=None, device: str | torch.device | None = None,
             f"cannot load model {source!r}: {first_line(e, 160)} — pass --model with a diffusers folder, "
             "a .safetensors file, or a hub id that is cached locally"
         ) from None
-    return _model(c, source, dev, dt)
+    return _model(c, source, dev, dt, loras)
 
 
 def from_pipeline(pipe, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> Model:
@@ -109,7 +118,7 @@ def from_pipeline(pipe, device: str | torch.device | None = None, dtype: str | t
     return _model(c, f"pipeline {name}", dev, dt)
 
 
-def _model(c: dict, source: str, dev: torch.device, dt: torch.dtype) -> Model:
+def _model(c: dict, source: str, dev: torch.device, dt: torch.dtype, loras: Sequence[LoRA] = ()) -> Model:
     """The Model of loaded components on `dev` in `dt` (modules already there are not copied)."""
     unet, vae, text_encoder, text_encoder_2 = c["unet"], c["vae"], c["text_encoder"], c.get("text_encoder_2")
     tokenizer_2 = c.get("tokenizer_2")
@@ -124,6 +133,8 @@ def _model(c: dict, source: str, dev: torch.device, dt: torch.dtype) -> Model:
         m.requires_grad_(False).eval()
     extra = {"prediction_type": c["scheduler_config"].get("prediction_type"), "vocab": len(c["tokenizer"]),
              "scaling_factor": float(vae.config.scaling_factor)}
+    if loras:
+        extra["loras"] = identity_entries(list(loras))
     identity = weights_identity(unet, vae, *encoders, extra=extra)
     with _quiet_loading():
         unet.to(dev, dt)
@@ -133,7 +144,7 @@ def _model(c: dict, source: str, dev: torch.device, dt: torch.dtype) -> Model:
         upcast = dt == torch.float16 and vae.config.get("force_upcast", True)
         vae.to(dev, torch.float32 if upcast else dt)
     return Model(unet, vae, text_encoder, c["tokenizer"], c["scheduler_config"], source, identity,
-                 text_encoder_2, c.get("tokenizer_2"))
+                 text_encoder_2, c.get("tokenizer_2"), tuple(f"{lora.path.name}:{lora.scale:g}" for lora in loras))
 
 
 
