@@ -44,3 +44,31 @@ def test_a_target_that_only_appends_words_is_warned_of():
     [warning] = unnamed_region_warnings("a photo", ["a photo of a tiger"])
     assert '"of a tiger"' in warning and "source caption" in warning and "\n" not in warning
     assert unnamed_region_warnings("a cat", ["a red cat", "a tiger", "a cat", "a"]) == []
+
+
+@pytest.mark.parametrize("source, target, changes, words", [
+    ("a cat on a mat", "a tiger on a mat", '"cat" → "tiger"', ["cat", "tiger"]),  # replacement
+    ("a cat on a mat", "a black cat on a mat", '+ "black"', ["black", "cat"]),  # insertion before a word
+    ("a small cat on a mat", "a cat on a mat", '− "small"', ["small"]),  # deletion
+    ("a cat on a mat", "a golden retriever on a mat", '"cat" → "golden retriever"', ["cat", "golden", "retriever"]),
+    ("a red circle", "a red hippopotamus", '"circle" → "hippopotamus"', ["circle", "hippopotamus"]),
+    ("a cat on a mat", "a cat on a rug, in the sun", '"mat" → "rug, in the sun"', ["mat", "rug", "sun"]),
+])
+def test_a_table_of_caption_pairs(source, target, changes, words):
+    """Replacements, insertions, deletions and multi-word changes: the printed change and the blend words."""
+    assert describe(word_diff(source, target)) == changes
+    assert auto_blend_words(source, [target]) == words
+
+
+def test_local_blend_selects_every_token_of_a_word_of_many_tokens(tiny):
+    """"hippopotamus" is 12 tokens of the tiny model's tokenizer (spelt out): `--blend auto` names the word,
+    and local blend selects all 12 in the target and "circle"'s one in the source."""
+    from nulltext.editing.prompt_to_prompt import _word_selectors
+    from nulltext.editing.token_alignment import word_token_indices
+
+    source, target = "a red circle", "a red hippopotamus"
+    words = auto_blend_words(source, [target])
+    selectors = _word_selectors(tiny.tokenizer, [source, target], words, "blend")  # (prompts, tokens)
+    assert selectors[0].nonzero().flatten().tolist() == word_token_indices(source, "circle", tiny.tokenizer) == [3]
+    assert selectors[1].nonzero().flatten().tolist() == word_token_indices(target, "hippopotamus", tiny.tokenizer)
+    assert int(selectors[1].sum()) == 12
