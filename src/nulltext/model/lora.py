@@ -111,8 +111,7 @@ def _fuse(module: torch.nn.Module, scale: float, name: str) -> None:
             layer.scale_layer(scale)  # multiplies the adapter's own scaling (alpha / rank) by `scale`
             layer.merge(adapter_names=[name])
     recurse_remove_peft_layers(module)
-    for attr in ("peft_config",):
-        if hasattr(module, attr):
-            delattr(module, attr)
+    if hasattr(module, "peft_config"):
+        del module.peft_config
     if getattr(module, "_hf_peft_config_loaded", False):
         module._hf_peft_config_loaded = False
