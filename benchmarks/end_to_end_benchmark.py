@@ -30,7 +30,7 @@ from inversion_benchmark import authors_null_text  # noqa: E402
 
 from nulltext.bundled import data  # noqa: E402
 from nulltext.core.conditioning import TextConditioning  # noqa: E402
-from nulltext.core.ddim import make_schedule  # noqa: E402
+from nulltext.core.schedule import make_schedule  # noqa: E402
 from nulltext.core.sampling import guided_ddim  # noqa: E402
 from nulltext.editing import reconstruct  # noqa: E402
 from nulltext.evaluation.metrics import psnr  # noqa: E402

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from nulltext.bundled import data
-from nulltext.core.ddim import ddim_step, guided, make_schedule
+from nulltext.core.schedule import make_schedule
+from nulltext.core.ddim import ddim_step, guided
 from nulltext.editing import reconstruct
 from nulltext.io.images import to_pil, to_tensor
 from nulltext.inversion import InversionConfig, ddim_invert, invert

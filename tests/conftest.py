@@ -70,6 +70,53 @@ def build_tiny_sdxl(path, seed: int = 2):
     return path
 
 
+def t5_style_tokenizer(words):
+    """A T5TokenizerFast built offline: a unigram vocabulary of whole words, pad 0, EOS 1, unknown 2."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    vocab = ["<pad>", "</s>", "<unk>", *sorted(set(words))]
+    t = Tokenizer(models.Unigram([(w, 0.0 if i < 3 else -1.0) for i, w in enumerate(vocab)], unk_id=2))
+    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    t.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=t, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0)
+
+
+def build_tiny_sd3(path, seed: int = 4, t5: bool = True):
+    """A random-init SD 3.x pipeline folder (the real architecture, tiny): an MMDiT with joint attention,
+    per-head RMS norms of q and k and one dual-attention block (SD 3.5), two projecting CLIP encoders
+    of different widths, an optional T5 encoder, a VAE with a shift factor and the flow-matching
+    scheduler with SD 3's shift of 3."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    words = vocabulary_words()
+    tokenizer = build_tokenizer(words, 16)
+
+    def clip(hidden: int):
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=16, hidden_act="gelu", bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, projection_dim=hidden))
+
+    t5_tokenizer = t5_style_tokenizer(words) if t5 else None
+    text_encoder_3 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=64, d_ff=64, d_kv=8, num_layers=2,
+                                             num_heads=4, relative_attention_num_buckets=8)) if t5 else None
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=16 + 32,
+        pos_embed_max_size=32, qk_norm="rms_norm", dual_attention_layers=(0,))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(16, 32), latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        layers_per_block=1, norm_num_groups=8, sample_size=32, shift_factor=0.06, scaling_factor=1.5)
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                    vae=vae, text_encoder=clip(16), tokenizer=tokenizer, text_encoder_2=clip(32),
+                                    tokenizer_2=tokenizer, text_encoder_3=text_encoder_3, tokenizer_3=t5_tokenizer)
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path
+
+
 def build_tiny_sd2(path, seed: int = 3):
     """A random-init SD 2.x-style pipeline folder: v-prediction, linear-projection transformers with
     per-level head widths, a GELU text encoder cut at the penultimate layer of a one-layer-deeper
@@ -105,34 +152,30 @@ def build_tiny_sd2(path, seed: int = 3):
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_sd2_dir(tmp_path_factory):
-    return build_tiny_sd2(tmp_path_factory.mktemp("tiny_sd2") / "model")
+def _folder(name: str, build, *args, **kwargs):
+    """A session fixture `name`: a tiny model folder, built once per run by `build(path, *args, **kwargs)`."""
+    @pytest.fixture(scope="session", name=name)
+    def folder(tmp_path_factory):
+        return build(tmp_path_factory.mktemp(name.removesuffix("_dir")) / "model", *args, **kwargs)
+    return folder
 
 
-@pytest.fixture(scope="session")
-def tiny_xl_dir(tmp_path_factory):
-    return build_tiny_sdxl(tmp_path_factory.mktemp("tiny_xl") / "model")
+def _loaded(name: str, folder: str):
+    """A session fixture `name`: the model of the folder fixture `folder`, on the CPU (tests read it, never change it)."""
+    @pytest.fixture(scope="session", name=name)
+    def model(request):
+        return load_model(request.getfixturevalue(folder), device="cpu")
+    return model
 
 
-@pytest.fixture(scope="session")
-def tiny_xl(tiny_xl_dir):
-    return load_model(tiny_xl_dir, device="cpu")
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="session")
-def tiny_v_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny_v") / "model", "v_prediction", seed=1)
-
-
-@pytest.fixture(scope="session")
-def tiny(tiny_dir):
-    return load_model(tiny_dir, device="cpu")
+tiny_dir = _folder("tiny_dir", build_tiny_model)
+tiny_v_dir = _folder("tiny_v_dir", build_tiny_model, "v_prediction", seed=1)
+tiny_sd2_dir = _folder("tiny_sd2_dir", build_tiny_sd2)
+tiny_xl_dir = _folder("tiny_xl_dir", build_tiny_sdxl)
+tiny_sd3_dir = _folder("tiny_sd3_dir", build_tiny_sd3)
+tiny = _loaded("tiny", "tiny_dir")
+tiny_xl = _loaded("tiny_xl", "tiny_xl_dir")
+tiny_sd3 = _loaded("tiny_sd3", "tiny_sd3_dir")
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@ import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
 from nulltext.bundled.train import make_scheduler
-from nulltext.core.ddim import ddim_inverse_step, ddim_step, make_schedule
+from nulltext.core.schedule import make_schedule
+from nulltext.core.ddim import ddim_inverse_step, ddim_step
 
 
 def _config(prediction_type, spacing):
@@ -74,7 +75,7 @@ def test_sampling_reports_each_step_in_the_one_progress_protocol():
 
 def test_a_scheduler_config_diffusers_refuses_is_one_line():
     """diffusers' own refusal (here: an unknown beta schedule) becomes a one-line ScheduleError, not a traceback."""
-    from nulltext.core.ddim import ScheduleError
+    from nulltext.core.schedule import ScheduleError
 
     config = dict(make_scheduler().config, beta_schedule="no_such_schedule")
     with pytest.raises(ScheduleError, match="refuses the scheduler config: no_such_schedule") as e:

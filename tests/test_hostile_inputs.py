@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from nulltext.bundled import data
 from nulltext.cli import main
-from nulltext.core.ddim import ScheduleError, make_schedule
+from nulltext.core.schedule import ScheduleError, make_schedule
 from nulltext.io.images import ImageError, load_image, to_tensor
 from nulltext.inversion import InversionConfig, invert
 from nulltext.inversion.file import InversionFileError, check_model, load_inversion, save_inversion
@@ -424,16 +424,16 @@ def _variant(tiny_dir: Path, tmp_path: Path, kind: str) -> Path:
 
 
 @pytest.mark.parametrize("kind, needle", [
-    ("sd3", "StableDiffusion3Pipeline, Stable Diffusion 3"), ("inpainting", "UNet takes 9"),
+    ("sd3", "StableDiffusion3Pipeline without its transformer"), ("inpainting", "UNet takes 9"),
     ("text_time_without_pooled", "text_time"), ("no_text_encoder", "without a text encoder"),
-    ("unknown_pipeline", "SomeFuturePipeline"), ("flux_transformer", "FluxPipeline, a diffusion transformer"),
+    ("unknown_pipeline", "SomeFuturePipeline"), ("flux_transformer", "FluxPipeline, FLUX.1, a guidance-distilled transformer: it has no unconditional branch"),
     ("image_variation", "image-variation model"),
 ])
 def test_unsupported_architectures_are_refused_at_load(kind, needle, tiny_dir, tmp_path, photo, capsys):
     folder = _variant(tiny_dir, tmp_path, kind)
     with pytest.raises(ModelLoadError, match=needle) as e:
         load_model(folder, device="cpu")
-    assert "nulltext supports Stable Diffusion 1.x/2.x and SDXL UNet models (StableDiffusionPipeline" in str(e.value)
+    assert "nulltext supports Stable Diffusion 1.x/2.x, SDXL and SD 3.x models (StableDiffusionPipeline" in str(e.value)
     code, out, err = run(capsys, "invert", photo[0], "--prompt", photo[1], "--model", folder, "-o", tmp_path / "x.nti")
     assert_one_line_error(code, err, needle)
     assert not (tmp_path / "x.nti").exists()

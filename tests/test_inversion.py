@@ -8,7 +8,7 @@ from diffusers import DDIMInverseScheduler
 from budget import EDIT_STEPS
 
 from nulltext.bundled import data
-from nulltext.core.ddim import make_schedule
+from nulltext.core.schedule import make_schedule
 from nulltext.editing import reconstruct
 from nulltext.core.sampling import guided_ddim as sample
 from nulltext.io.images import to_pil, to_tensor

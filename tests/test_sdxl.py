@@ -17,6 +17,7 @@ from nulltext.editing.config import EditConfig
 from nulltext.core.sampling import guided_ddim
 from pivot_checks import error_and_work, null_text_against_ddim
 from numerics import relative_error
+from stock_replay import stock_pooled_reconstruction
 
 
 def _pipeline(model, scheduler_config) -> StableDiffusionXLPipeline:
@@ -103,24 +104,7 @@ def test_edit_runs_with_attention_control_and_row_zero_is_the_reconstruction(tin
 
 def stock_sdxl_reconstruction(model, inversion):
     """diffusers' own SDXL pipeline: latents = z*_T, negative token and pooled embeddings = ∅_t per step."""
-    pipe = _pipeline(model, inversion.scheduler_config)
-    nulls, T = inversion.nulls.to(model.dtype), inversion.num_steps
-    cond = model.text_conditioning([inversion.prompt])
-
-    def next_null(pipe, i, t, tensors):  # after step i (0-based, timestep τ_{T−i}) comes ∅_{T−i−1}
-        if i + 1 < T:
-            null = nulls[T - i - 2]
-            tensors["prompt_embeds"] = torch.cat([null.tokens, cond.tokens])
-            tensors["add_text_embeds"] = torch.cat([null.pooled, cond.pooled])
-        return tensors
-
-    w, h = inversion.image_size
-    last = nulls[T - 1]
-    out = pipe(prompt_embeds=cond.tokens, pooled_prompt_embeds=cond.pooled, negative_prompt_embeds=last.tokens,
-               negative_pooled_prompt_embeds=last.pooled, latents=inversion.latent_T.clone(), num_inference_steps=T,
-               guidance_scale=inversion.config.guidance_scale, height=h, width=w, output_type="pt",
-               callback_on_step_end=next_null, callback_on_step_end_tensor_inputs=["prompt_embeds", "add_text_embeds"])
-    return out.images * 2 - 1  # (1, 3, H, W) in [-1, 1]
+    return stock_pooled_reconstruction(_pipeline(model, inversion.scheduler_config), model, inversion, "add_text_embeds")
 
 
 def test_stock_sdxl_pipeline_replays_the_inversion_file(tiny_xl, inversion, tmp_path):

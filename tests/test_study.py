@@ -4,7 +4,8 @@ import torch
 from budget import EDIT_STEPS
 
 from nulltext.evaluation.study_photos import JUDGED_BY, colour_swap_judge, study_photos
-from nulltext.core.ddim import guided, make_schedule
+from nulltext.core.schedule import make_schedule
+from nulltext.core.ddim import guided
 from nulltext.io.images import to_tensor
 from nulltext.inversion import InversionConfig, ddim_invert, null_text_optimise
 from nulltext.evaluation.study import (GUIDANCE_SETTINGS, AblationConfig, ablation_report, guidance_report,

@@ -40,7 +40,8 @@ def score(judgements: list[Judgement], scenes: list[data.Scene]) -> Score:
 def generate(model, prompts: list[str], seed: int, guidance_scale: float = 7.5, num_steps: int = 50,
              batch_size: int = 64) -> list[Image.Image]:
     """Text-to-image with our DDIM sampler: one image per prompt, seeded."""
-    from nulltext.core.ddim import make_schedule, sample
+    from nulltext.core.schedule import make_schedule
+    from nulltext.core.ddim import sample
     from nulltext.core.sampling import guided_ddim
     from nulltext.io.images import to_pil
 

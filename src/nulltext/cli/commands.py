@@ -66,7 +66,7 @@ def cmd_invert(args) -> None:
     from nulltext.io.images import load_image, open_regular, to_tensor
     from nulltext.inversion.config import InversionConfig
     from nulltext.inversion.null_text import invert
-    from nulltext.core.ddim import make_schedule
+    from nulltext.core.schedule import make_schedule
     from nulltext.inversion.file import save_inversion
 
     out = Path(args.output or Path(args.photo).with_suffix(".nti").name)
@@ -210,9 +210,11 @@ def cmd_info(args) -> None:
     file = read_file_header(args.inversion)
     h, shapes = file.header, {name: shape for name, (_, shape) in file.tensors.items()}
     T = h.config.num_steps
+    flow = h.scheduler_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler"  # SD 3.x
+    sampler = "flow-matching Euler" if flow else "DDIM"
     lines = [
         f"prompt:          {h.prompt}",
-        f"method:          {h.config.method}, {T} DDIM steps, guidance {h.config.guidance_scale}"
+        f"method:          {h.config.method}, {T} {sampler} steps, guidance {h.config.guidance_scale}"
         + (f", {h.config.optimizer} optimiser" if h.config.method == "null-text" else ""),
         f"image:           {h.image_size[0]}x{h.image_size[1]}"
         + (f" from {h.source_path} crop {h.crop_box}" if h.source_path else ""),

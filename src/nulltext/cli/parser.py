@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", help="the .nti file (default: PHOTO's name with .nti, here)")
     s.add_argument("--method", default=inv("method"), choices=list(typing.get_args(Method)),
                    help=f"inversion method (default: {inv('method')})")
-    s.add_argument("--steps", type=_count(1, 1000), default=inv("num_steps"), help=f"DDIM steps (default: {inv('num_steps')})")
+    s.add_argument("--steps", type=_count(1, 1000), default=inv("num_steps"), help=f"sampling steps: DDIM, or flow-matching Euler on SD 3.x (default: {inv('num_steps')})")
     s.add_argument("--guidance", type=float, default=inv("guidance_scale"),
                    help=f"classifier-free guidance scale w (default: {inv('guidance_scale')})")
     s.add_argument("--optimizer", default=inv("optimizer"), choices=list(typing.get_args(Optimizer)),

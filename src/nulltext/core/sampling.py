@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from nulltext.core.conditioning import TextConditioning
-from nulltext.core.ddim import Predict, Schedule, guided, sample
+from nulltext.core.schedule import Schedule
+from nulltext.core.ddim import Predict, guided, sample
 from nulltext.progress import Progress
 
 if TYPE_CHECKING:  # core sits below model: only the type is named here, a model is passed in

@@ -10,7 +10,9 @@ processor asks its controller, per call, whether it needs the probabilities of t
 - if it rewrites them, the layer is computed explicitly from the rewritten probabilities.
 
 Probabilities are handed over as (batch, heads, pixels, tokens) — tokens = pixels for self-attention.
-The controller is an explicit object; nothing is stored on the UNet or in globals.
+SD 3.x's joint attention (one softmax over image and text keys) shows the controller its image-query
+blocks as the same two kinds of map (`nulltext.editing.joint_attention`). The controller is an
+explicit object; nothing is stored on the denoiser or in globals.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+
+from nulltext.editing.joint_attention import controlled_joint_attention
 
 
 class AttentionController(Protocol):
@@ -35,10 +39,13 @@ class AttentionController(Protocol):
 class ControlledAttnProcessor:
     """One layer's processor: original fast path, or explicit probabilities shown to the controller."""
 
-    def __init__(self, layer: str, original, controller: AttentionController):
-        self.layer, self.original, self.controller = layer, original, controller
+    def __init__(self, layer: str, original, controller: AttentionController, text_tokens: int | None = None):
+        self.layer, self.original, self.controller, self.text_tokens = layer, original, controller, text_tokens
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        if "Joint" in type(self.original).__name__:  # SD 3.x: image and text tokens in one softmax
+            return controlled_joint_attention(attn, self.original, self.controller, self.layer, self.text_tokens,
+                                              hidden_states, encoder_hidden_states, attention_mask, **kwargs)
         is_cross = encoder_hidden_states is not None
         pixels = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[2] * hidden_states.shape[3]
         if temb is not None:  # only processors that take it are handed it (SlicedAttnProcessor does not)
@@ -107,11 +114,14 @@ def to_latent_grid(maps: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tens
 
 
 @contextlib.contextmanager
-def controlled(unet, controller: AttentionController):
-    """Route every attention layer of `unet` through `controller`; restore the originals on exit."""
-    originals = dict(unet.attn_processors)
-    unet.set_attn_processor({name: ControlledAttnProcessor(name, proc, controller) for name, proc in originals.items()})
+def controlled(denoiser, controller: AttentionController, text_tokens: int | None = None):
+    """Route every attention layer of `denoiser` (a UNet or an MMDiT) through `controller`; restore the
+    originals on exit. `text_tokens`: how many leading text tokens a joint layer's cross map shows (the
+    caption's tokenizer length); None shows all."""
+    originals = dict(denoiser.attn_processors)
+    denoiser.set_attn_processor({name: ControlledAttnProcessor(name, proc, controller, text_tokens)
+                                 for name, proc in originals.items()})
     try:
-        yield unet
+        yield denoiser
     finally:
-        unet.set_attn_processor(originals)
+        denoiser.set_attn_processor(originals)

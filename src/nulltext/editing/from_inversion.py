@@ -108,7 +108,7 @@ def edit(model: Model, inversion: Inversion, targets: list[str], config: EditCon
         return z if blended is None else blended
 
     z_T = inversion.latent_T.to(model.device).float().expand(1 + n, -1, -1, -1)
-    with controlled(model.unet, controller):
+    with controlled(model.unet, controller, model.max_tokens):
         latents = sample(predict, z_T, schedule, correct, callback)
     images = model.decode_latents(latents).cpu()
     masks = blend.masks()
@@ -152,7 +152,7 @@ def attention_maps(model: Model, inversion: Inversion, callback: Progress | None
     BOS and padding are left out; EOS is kept.
     """
     recorder = _CrossAttentionRecorder(tuple(inversion.latent_T.shape[-2:]))
-    with controlled(model.unet, recorder):
+    with controlled(model.unet, recorder, model.max_tokens):
         image = reconstruct(model, inversion, callback)
     tokens, maps = token_maps(model.tokenizer, inversion.prompt, recorder.total)
     return tokens, maps.cpu(), image

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from nulltext.core.ddim import Schedule, ddim_step, guided, make_schedule
+from nulltext.core.schedule import Schedule, make_schedule
+from nulltext.core.ddim import ddim_step, guided
 from nulltext.editing.from_inversion import edit
 from nulltext.io.images import to_pil, to_tensor
 from nulltext.inversion.null_text import (Inversion, InversionConfig, InversionError, invert, loss_scale, null_text_optimise)

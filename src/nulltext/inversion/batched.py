@@ -31,7 +31,7 @@ import time
 import torch
 
 from nulltext.core.conditioning import TextConditioning
-from nulltext.core.ddim import make_schedule
+from nulltext.core.schedule import make_schedule
 from nulltext.inversion.null_text import (Inversion, InversionConfig, InversionError, OnError, build_inversion,
                                           invert, optimise_rows)
 from nulltext.inversion.pivot import ddim_invert

@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from nulltext import __version__
-from nulltext.core.ddim import ScheduleError, make_schedule
+from nulltext.core.schedule import ScheduleError, make_schedule
 from nulltext.inversion.null_text import Inversion, InversionConfig
 from nulltext.model import Model
 from nulltext.io.outputs import publish
@@ -175,14 +175,14 @@ def check_model(inv: Inversion, model: Model, path: str | Path | None = None) ->
         problem = f"its latent of {w}x{h} is not its image size {W}x{H} / {f}, the model's VAE factor"
     elif W % m or H % m:
         problem = f"its image size {W}x{H} is not a multiple of {m}, which this model needs"
-    elif (tokens, dim) != (model.max_tokens, hidden):
-        problem = f"its null embeddings are {tokens}×{dim}, the model's text encoder gives {model.max_tokens}×{hidden}"
+    elif (tokens, dim) != (model.text_tokens, hidden):
+        problem = f"its null embeddings are {tokens}×{dim}, the model's text encoder gives {model.text_tokens}×{hidden}"
     elif stored_pooled != pooled:
-        problem = (f"it has no pooled null embeddings, which this SDXL model needs ({pooled} wide)" if stored_pooled is None
+        problem = (f"it has no pooled null embeddings, which this model needs ({pooled} wide)" if stored_pooled is None
                    else f"its pooled null embeddings are {stored_pooled} wide, the model takes "
-                        f"{pooled if pooled is not None else 'none (it is not an SDXL model)'}")
+                        f"{pooled if pooled is not None else 'none (it is not an SDXL or SD 3.x model)'}")
     elif make_schedule(inv.scheduler_config, inv.config.num_steps).prediction_type != \
-            model.scheduler_config.get("prediction_type", "epsilon"):
+            make_schedule(model.scheduler_config, inv.config.num_steps).prediction_type:
         problem = "its scheduler's prediction type differs from the model's"
     if problem:
         raise InversionFileError(f"{where} does not fit model {model.source!r}: {problem} — "

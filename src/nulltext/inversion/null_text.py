@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from nulltext.core.conditioning import TextConditioning
-from nulltext.core.ddim import Schedule, ddim_step, guided, make_schedule
+from nulltext.core.schedule import Schedule, make_schedule
+from nulltext.core.ddim import ddim_step, guided
 from nulltext.model import Model
 from nulltext.inversion.pivot import ddim_invert, direct_corrections
 from nulltext.inversion.config import InversionConfig

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from nulltext.core.conditioning import TextConditioning
-from nulltext.core.ddim import Schedule, ddim_inverse_step, guided, sample
+from nulltext.core.schedule import Schedule
+from nulltext.core.ddim import ddim_inverse_step, guided, sample
 from nulltext.core.sampling import guided_prediction
 from nulltext.model import Model
 

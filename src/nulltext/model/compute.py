@@ -1,6 +1,13 @@
 """The `Model` a user's weights become: encode text, predict noise, VAE in and out, and the checks on its
-inputs (prompts, sizes). What differs between SD 1.x, 2.x and SDXL is data here (`TextConditioning`,
-SDXL's micro-conditioning), never a branch in the algorithms."""
+inputs (prompts, sizes). What differs between SD 1.x, 2.x, SDXL and SD 3.x is data here
+(`TextConditioning`, SDXL's micro-conditioning, SD 3.x's joint text sequence and VAE shift), never a
+branch in the algorithms.
+
+SD 3.x (Esser et al. 2024) as its pipeline builds it: each CLIP encoder's penultimate features side by
+side, zero-padded to the transformer's text width, then T5's features (zeros without T5) along the
+sequence; the pooled vector is both CLIPs' projections side by side. The denoiser is an MMDiT
+transformer whose output is the flow's velocity; its schedule comes from the scheduler config
+(`nulltext.core.schedule`)."""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from nulltext.core.conditioning import TextConditioning
 from nulltext.errors import short
@@ -19,7 +27,7 @@ from nulltext.settings import utf8_problem
 class Model:
     """A loaded Stable Diffusion model: components, scheduler config, source and identity."""
 
-    unet: Any
+    unet: Any  # the denoiser: a UNet2DConditionModel, or SD 3.x's SD3Transformer2DModel
     vae: Any
     text_encoder: Any
     tokenizer: Any
@@ -29,6 +37,9 @@ class Model:
     text_encoder_2: Any = None  # SDXL: the second encoder (with projection: the pooled embedding)
     tokenizer_2: Any = None
     loras: tuple[str, ...] = ()  # "file.safetensors:scale" of each LoRA fused into the weights
+    text_encoder_3: Any = None  # SD 3.x: the optional T5 encoder
+    tokenizer_3: Any = None
+    max_sequence_length: int = 256  # SD 3.x: T5's tokens (zeros without T5), the pipeline's default
 
     @property
     def device(self) -> torch.device:
@@ -47,6 +58,16 @@ class Model:
         return float(self.vae.config.scaling_factor)
 
     @property
+    def shift_factor(self) -> float:
+        """The VAE's latent shift (SD 3.x); 0 for SD 1.x/2.x and SDXL."""
+        return float(self.vae.config.get("shift_factor") or 0.0)
+
+    @property
+    def joint_attention(self) -> bool:
+        """True for SD 3.x's MMDiT, whose image and text tokens attend jointly; False for a UNet."""
+        return "joint_attention_dim" in self.unet.config
+
+    @property
     def latent_channels(self) -> int:
         return int(self.unet.config.in_channels)
 
@@ -59,7 +80,9 @@ class Model:
 
     @property
     def size_multiple(self) -> int:
-        """Image sides must be multiples of this: VAE factor × the UNet's own downsampling."""
+        """Image sides must be multiples of this: VAE factor × the UNet's own downsampling (MMDiT: its patch size)."""
+        if self.joint_attention:
+            return self.vae_scale_factor * int(self.unet.config.patch_size)
         return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
 
     @property
@@ -73,13 +96,22 @@ class Model:
         return pairs if self.text_encoder_2 is None else pairs + [(self.tokenizer_2, self.text_encoder_2)]
 
     @property
+    def text_tokens(self) -> int:
+        """Length of the token embeddings the denoiser reads (SD 3.x: CLIP's tokens, then T5's)."""
+        return self.max_tokens + (self.max_sequence_length if self.joint_attention else 0)
+
+    @property
     def text_dim(self) -> int:
-        """Width of the token embeddings the UNet's cross-attention reads (SDXL: both encoders')."""
+        """Width of the token embeddings the denoiser reads (SDXL: both encoders'; SD 3.x: the transformer's)."""
+        if self.joint_attention:
+            return int(self.unet.config.joint_attention_dim)
         return sum(int(enc.config.hidden_size) for _, enc in self.text_encoders)
 
     @property
     def pooled_dim(self) -> int | None:
-        """Width of SDXL's pooled text embedding; None for models without one."""
+        """Width of the pooled text embedding (SDXL, SD 3.x); None for models without one."""
+        if self.joint_attention:
+            return int(self.unet.config.pooled_projection_dim)
         return None if self.text_encoder_2 is None else int(self.text_encoder_2.config.projection_dim)
 
     # -- text -----------------------------------------------------------------------------------
@@ -106,10 +138,12 @@ class Model:
 
         SD 1.x/2.x: the encoder's last hidden state (B, tokens, dim). SDXL (as its pipeline): each
         encoder's penultimate hidden state, concatenated (B, tokens, dim₁ + dim₂), and the second
-        encoder's projected pooled embedding (B, P).
+        encoder's projected pooled embedding (B, P). SD 3.x: see the module's docstring.
         """
         for p in prompts:
             self.check_prompt(p, allow_empty=True)
+        if self.joint_attention:
+            return self._joint_conditioning(prompts)
         if self.text_encoder_2 is None:
             return TextConditioning(self.text_encoder(self._token_ids(self.tokenizer, prompts))[0].to(self.dtype))
         features, pooled = [], None
@@ -118,6 +152,24 @@ class Model:
             features.append(out.hidden_states[-2])
             pooled = out[0]  # the last encoder's projected (B, P) text embedding
         return TextConditioning(torch.cat(features, dim=-1).to(self.dtype), pooled.to(self.dtype))
+
+    def _joint_conditioning(self, prompts: list[str]) -> TextConditioning:
+        """SD 3.x's: (B, CLIP tokens + T5 tokens, joint width) and (B, P₁ + P₂), as StableDiffusion3Pipeline."""
+        features, pooled = [], []
+        for tokenizer, encoder in self.text_encoders:  # CLIP-L, CLIP-G
+            out = encoder(self._token_ids(tokenizer, prompts), output_hidden_states=True)
+            features.append(out.hidden_states[-2])
+            pooled.append(out[0])
+        width = self.text_dim
+        clip = F.pad(torch.cat(features, dim=-1), (0, width - sum(f.shape[-1] for f in features)))
+        if self.text_encoder_3 is None:
+            t5 = torch.zeros(len(prompts), self.max_sequence_length, width, device=self.device, dtype=clip.dtype)
+        else:
+            ids = self.tokenizer_3(prompts, padding="max_length", max_length=self.max_sequence_length, truncation=True,
+                                   add_special_tokens=True, return_tensors="pt").input_ids.to(self.device)
+            t5 = self.text_encoder_3(ids)[0]
+        return TextConditioning(torch.cat([clip.to(self.dtype), t5.to(self.dtype)], dim=-2),
+                                torch.cat(pooled, dim=-1).to(self.dtype))
 
     def _token_ids(self, tokenizer, prompts: list[str]) -> torch.Tensor:
         return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -147,6 +199,13 @@ class Model:
         `conditioning` is a TextConditioning, or for SD 1.x/2.x its token embeddings alone.
         """
         cond = TextConditioning.of(conditioning)
+        if self.joint_attention:  # SD 3.x: a float timestep per row, the pooled vector beside it
+            if cond.pooled is None:
+                raise ValueError("this SD 3.x model needs pooled text embeddings — pass model.text_conditioning(...)")
+            t = torch.tensor(timestep, device=self.device, dtype=torch.float32).expand(latents.shape[0])
+            return self.unet(hidden_states=latents.to(self.dtype), timestep=t,
+                             encoder_hidden_states=cond.tokens.to(self.device, self.dtype),
+                             pooled_projections=cond.pooled.to(self.device, self.dtype)).sample.float()
         t = torch.tensor(timestep, device=self.device)
         out = self.unet(latents.to(self.dtype), t, encoder_hidden_states=cond.tokens.to(self.dtype),
                         added_cond_kwargs=self.added_conditioning(cond, latents)).sample
@@ -156,14 +215,16 @@ class Model:
 
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """z0 = VAE posterior mean × scaling factor, for an image (B,3,H,W) in [-1,1]."""
+        """z0 = (VAE posterior mean − shift factor) × scaling factor, for an image (B,3,H,W) in [-1,1]."""
         x = image.to(self.device, self.vae.dtype)
-        return self.vae.encode(x).latent_dist.mean * self.scaling_factor
+        mean = self.vae.encode(x).latent_dist.mean
+        return (mean if not self.shift_factor else mean - self.shift_factor) * self.scaling_factor
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Image (B,3,H,W) in [-1,1], float32, from latents; one at a time, so results do not depend on the batch."""
         z = latents.to(self.device, self.vae.dtype) / self.scaling_factor
+        z = z if not self.shift_factor else z + self.shift_factor
         return torch.cat([self.vae.decode(z[i : i + 1]).sample for i in range(z.shape[0])]).float().clamp(-1, 1)
 
     def check_size(self, size: tuple[int, int]) -> None:
@@ -191,6 +252,11 @@ class Model:
         """
         W, H = size
         f, unet = self.vae_scale_factor, self.unet.config
+        if self.joint_attention:  # every block attends over the image patches and the text tokens jointly
+            bytes_per = 2 if self.dtype in (torch.float16, torch.bfloat16) else 4
+            tokens = (W // f) * (H // f) // int(unet.patch_size) ** 2 + self.text_tokens
+            vae = W * H * 3 * int(self.vae.config.block_out_channels[0]) * 4
+            return int(W * H * 3 * 13 + vae + 2 * int(unet.num_attention_heads) * tokens * tokens * bytes_per)
         pixels, latent_pixels = W * H, (W // f) * (H // f)
         bytes_per = 2 if self.dtype in (torch.float16, torch.bfloat16) else 4
         photo = pixels * 3 * (1 + 8 + 4)

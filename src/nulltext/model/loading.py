@@ -49,17 +49,22 @@ def weights_identity(*modules: torch.nn.Module, extra: dict | None = None) -> st
     return h.hexdigest()[:16]
 
 
-def _ddim_config(config: dict) -> dict:
-    """The model's scheduler config read as a DDIM config (what every SD pipeline does)."""
-    from diffusers import DDIMScheduler
+def _scheduler_config(config: dict) -> dict:
+    """The model's scheduler config as nulltext samples with it: read as a DDIM config (what every SD 1.x/2.x
+    and SDXL pipeline does), or SD 3.x's flow-matching config with its defaults filled in."""
+    from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
+    from nulltext.core.schedule import is_flow_config
+
+    if is_flow_config(config):
+        return dict(FlowMatchEulerDiscreteScheduler.from_config(config).config)
     return dict(DDIMScheduler.from_config(config).config)
 
 
 def load_model(source=None, device: str | torch.device | None = None,
                dtype: str | torch.dtype | None = None, allow_pickle: bool = False,
                config: str | Path | None = None, loras: Sequence = ()) -> Model:
-    """Load an SD 1.x/2.x or SDXL model: "bundled", a hub id, a diffusers folder, one checkpoint file, or
+    """Load an SD 1.x/2.x, SDXL or SD 3.x model: "bundled", a hub id, a diffusers folder, one checkpoint file, or
     a diffusers pipeline already loaded (`from_pipeline`).
 
     A local folder or file never causes a network request. A hub id is read from the local Hugging
@@ -72,7 +77,7 @@ def load_model(source=None, device: str | torch.device | None = None,
     path, (path, scale) or `LoRA`) fused into the weights in order (`nulltext.model.lora`). Every failure
     is one ModelLoadError line.
     """
-    if hasattr(source, "components") and hasattr(source, "unet"):  # a DiffusionPipeline the caller holds
+    if hasattr(source, "components") and (hasattr(source, "unet") or hasattr(source, "transformer")):  # a pipeline
         if loras:
             raise ModelLoadError("LoRAs for a loaded pipeline go into the pipeline: pipe.load_lora_weights(FILE), "
                                  "pipe.fuse_lora(), then load_model(pipe)")
@@ -97,38 +102,43 @@ def load_model(source=None, device: str | torch.device | None = None,
 
 
 def from_pipeline(pipe, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> Model:
-    """A Model sharing the modules of a loaded `StableDiffusionPipeline` or `StableDiffusionXLPipeline`
+    """A Model sharing the modules of a loaded `StableDiffusionPipeline`, `StableDiffusionXLPipeline` or `StableDiffusion3Pipeline`
     (their device, dtype, LoRAs and scheduler config): nothing is copied or reloaded. Like every Model
     it puts the modules in eval mode with frozen weights (inversion optimises embeddings only), and in
     fp16 it runs the VAE in fp32 where its config asks (`force_upcast`), as the pipelines do to decode.
     `device` and `dtype`, if given, must be the pipeline's: move the pipeline with `pipe.to(...)`."""
     name = type(pipe).__name__
-    c = {k: getattr(pipe, k, None) for k in ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")}
-    missing = [k for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(pipe, k, None) is None]
+    c = {k: getattr(pipe, k, None) for k in ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
+                                             "text_encoder_3", "tokenizer_3")}
+    c["unet"] = c["unet"] if c["unet"] is not None else getattr(pipe, "transformer", None)
+    parts = {"UNet or transformer": c["unet"], **{k: getattr(pipe, k, None) for k in ("vae", "text_encoder", "tokenizer", "scheduler")}}
+    missing = [k for k, v in parts.items() if v is None]
     if missing:
-        raise ModelLoadError(f"the {name} has no {missing[0]} — pass a StableDiffusionPipeline or "
-                             "StableDiffusionXLPipeline with all its components")
+        raise ModelLoadError(f"the {name} has no {missing[0]} — pass a StableDiffusionPipeline, "
+                             "StableDiffusionXLPipeline or StableDiffusion3Pipeline with all its components")
     dev, dt = c["unet"].device, c["unet"].dtype
     if (device is not None and resolve_device(device) != dev) or (dtype is not None and resolve_dtype(dtype, dev) != dt):
         raise ModelLoadError(f"the pipeline is on {dev} in {str(dt).removeprefix('torch.')}, not on the device and "
                              "dtype asked for — move it with pipe.to(...), or leave device and dtype unset")
     check_architecture(name, name, c["unet"].config, c["vae"].config, c["text_encoder"].config,
-                       getattr(c["text_encoder_2"], "config", None))
-    c["scheduler_config"] = _ddim_config(dict(pipe.scheduler.config))
+                       getattr(c["text_encoder_2"], "config", None), getattr(c["text_encoder_3"], "config", None))
+    c["scheduler_config"] = _scheduler_config(dict(pipe.scheduler.config))
     return _model(c, f"pipeline {name}", dev, dt)
 
 
 def _model(c: dict, source: str, dev: torch.device, dt: torch.dtype, loras: Sequence[LoRA] = ()) -> Model:
     """The Model of loaded components on `dev` in `dt` (modules already there are not copied)."""
     unet, vae, text_encoder, text_encoder_2 = c["unet"], c["vae"], c["text_encoder"], c.get("text_encoder_2")
+    text_encoder_3 = c.get("text_encoder_3")
     tokenizer_2 = c.get("tokenizer_2")
     if tokenizer_2 is not None and tokenizer_2.model_max_length != c["tokenizer"].model_max_length:
         raise ModelLoadError(f"cannot load model {source!r}: its two tokenizers read {c['tokenizer'].model_max_length} "
-                             f"and {tokenizer_2.model_max_length} tokens; SDXL's token features are joined position by "
+                             f"and {tokenizer_2.model_max_length} tokens; its encoders' token features are joined position by "
                              "position — pass a model whose tokenizers agree")
     check_architecture(source, None, unet.config, vae.config, text_encoder.config if text_encoder else None,
-                       text_encoder_2.config if text_encoder_2 is not None else None)
-    encoders = [m for m in (text_encoder, text_encoder_2) if m is not None]
+                       text_encoder_2.config if text_encoder_2 is not None else None,
+                       text_encoder_3.config if text_encoder_3 is not None else None)
+    encoders = [m for m in (text_encoder, text_encoder_2, text_encoder_3) if m is not None]
     for m in (unet, vae, *encoders):
         m.requires_grad_(False).eval()
     extra = {"prediction_type": c["scheduler_config"].get("prediction_type"), "vocab": len(c["tokenizer"]),
@@ -144,7 +154,8 @@ def _model(c: dict, source: str, dev: torch.device, dt: torch.dtype, loras: Sequ
         upcast = dt == torch.float16 and vae.config.get("force_upcast", True)
         vae.to(dev, torch.float32 if upcast else dt)
     return Model(unet, vae, text_encoder, c["tokenizer"], c["scheduler_config"], source, identity,
-                 text_encoder_2, c.get("tokenizer_2"), tuple(f"{lora.path.name}:{lora.scale:g}" for lora in loras))
+                 text_encoder_2, c.get("tokenizer_2"), tuple(f"{lora.path.name}:{lora.scale:g}" for lora in loras),
+                 text_encoder_3, c.get("tokenizer_3"))
 
 
 
@@ -249,6 +260,8 @@ def _from_pretrained(where: str, local_files_only: bool, scheduler_file: Path | 
 
     kw = {"local_files_only": local_files_only}
     index = DiffusionPipeline.load_config(where, **kw)
+    if "transformer" in index:
+        return _sd3_from_pretrained(where, index, kw, check=scheduler_file is None)
     sdxl = bool(index.get("text_encoder_2")) and index["text_encoder_2"][0] is not None
     if scheduler_file is None:  # a hub id: its configs say what it is before any weights come
         configs = [UNet2DConditionModel.load_config(where, subfolder="unet", **kw),
@@ -268,7 +281,30 @@ def _from_pretrained(where: str, local_files_only: bool, scheduler_file: Path | 
         scheduler_config = json.loads(scheduler_file.read_text())
     else:
         scheduler_config = dict(DDIMScheduler.from_pretrained(where, subfolder="scheduler", **kw).config)
-    c["scheduler_config"] = _ddim_config(scheduler_config)
+    c["scheduler_config"] = _scheduler_config(scheduler_config)
+    return c
+
+
+def _sd3_from_pretrained(where: str, index: dict, kw: dict, check: bool) -> dict:
+    """An SD 3.x folder or hub id: its configs checked first (a hub id's, before any weights come), then
+    diffusers' StableDiffusion3Pipeline loads the components its model_index.json names (T5 optional)."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import AutoConfig
+
+    if check:
+        configs = [SD3Transformer2DModel.load_config(where, subfolder="transformer", **kw),
+                   AutoencoderKL.load_config(where, subfolder="vae", **kw)]
+        configs += [AutoConfig.from_pretrained(where, subfolder=name, **kw).to_dict()
+                    if index.get(name) and index[name][0] is not None else None
+                    for name in ("text_encoder", "text_encoder_2", "text_encoder_3")]
+        check_architecture(where, str(index.get("_class_name")), *configs)
+    absent = {name: None for name, entry in index.items()  # e.g. T5 left out: the pipeline takes None for it
+              if not name.startswith("_") and isinstance(entry, list) and entry and entry[0] is None}
+    pipe = StableDiffusion3Pipeline.from_pretrained(where, **kw, **absent)
+    c = {"unet": pipe.transformer, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
+         "text_encoder_2": pipe.text_encoder_2, "tokenizer_2": pipe.tokenizer_2,
+         "text_encoder_3": pipe.text_encoder_3, "tokenizer_3": pipe.tokenizer_3}
+    c["scheduler_config"] = _scheduler_config(dict(pipe.scheduler.config))
     return c
 
 
@@ -310,7 +346,7 @@ def _load_single_file(source: str, path: Path, allow_pickle: bool, config: Path 
                              f"{first_line(e, 120)} — pass --model-config with a local diffusers folder of "
                              "this model family (or have its configs in the Hugging Face cache)") from None
     c = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
-         "scheduler_config": _ddim_config(dict(pipe.scheduler.config))}
+         "scheduler_config": _scheduler_config(dict(pipe.scheduler.config))}
     if sdxl:
         c.update(text_encoder_2=pipe.text_encoder_2, tokenizer_2=pipe.tokenizer_2)
     return c

@@ -68,6 +68,9 @@ def fuse_loras(components: dict, loras: list[LoRA]) -> None:
         return
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    if "joint_attention_dim" in components["unet"].config:
+        raise ModelLoadError("LoRAs on SD 3.x models are not fused by nulltext yet — fuse it with diffusers "
+                             "(pipe.load_lora_weights, pipe.fuse_lora) and pass the pipeline or its saved folder")
     xl = components.get("text_encoder_2") is not None
     loader = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
     encoders = {"text_encoder": components["text_encoder"], "text_encoder_2": components.get("text_encoder_2")}

@@ -12,17 +12,24 @@ from nulltext.model.errors import ModelLoadError
 
 # Pipelines whose components nulltext drives, by the `_class_name` of their model_index.json: one
 # UNet2DConditionModel on the VAE's latents, one CLIP text encoder (SDXL: two, the second with a
-# projection that gives the pooled embedding). To support a family, add it here and give `Model`
-# what differs (DESIGN.md: "Model families").
+# projection that gives the pooled embedding); or SD 3.x's MMDiT transformer with two projecting CLIP
+# encoders and an optional T5. To support a family, add it here and give `Model` what differs
+# (DESIGN.md: "Model families").
 SUPPORTED_PIPELINES = {
     "StableDiffusionPipeline": "Stable Diffusion 1.x/2.x",
     "StableDiffusionImg2ImgPipeline": "Stable Diffusion 1.x/2.x",
     "StableDiffusionXLPipeline": "SDXL",
     "StableDiffusionXLImg2ImgPipeline": "SDXL",
+    "StableDiffusion3Pipeline": "SD 3.x",
+    "StableDiffusion3Img2ImgPipeline": "SD 3.x",
 }
+# guidance-distilled models: one text branch, guidance as an input, so no unconditional branch to optimise
+_DISTILLED = ("a guidance-distilled transformer: it has no unconditional branch of classifier-free guidance for "
+              "null-text inversion to optimise")
 # Known pipelines that are not supported, and what they are, for a clearer refusal.
 UNSUPPORTED_PIPELINES = {
-    "StableDiffusion3Pipeline": "Stable Diffusion 3 (a transformer, no UNet)", "FluxPipeline": "Flux (a transformer)",
+    "FluxPipeline": f"FLUX.1, {_DISTILLED}", "FluxImg2ImgPipeline": f"FLUX.1, {_DISTILLED}",
+    "FluxKontextPipeline": f"FLUX.1 Kontext, {_DISTILLED}",
     "StableDiffusionXLInpaintPipeline": "an SDXL inpainting model (9-channel UNet)",
     "StableDiffusionImageVariationPipeline": "an image-variation model (conditioned on an image, no text encoder)",
     "StableUnCLIPImg2ImgPipeline": "an unCLIP image-variation model",
@@ -30,8 +37,9 @@ UNSUPPORTED_PIPELINES = {
     "StableDiffusionDepth2ImgPipeline": "a depth-conditioned model", "StableDiffusionUpscalePipeline": "an upscaler",
     "PixArtAlphaPipeline": "PixArt (a transformer)", "KandinskyV22Pipeline": "Kandinsky",
 }
-SUPPORTED_TEXT = "nulltext supports " + " and ".join(dict.fromkeys(SUPPORTED_PIPELINES.values())) + \
-    " UNet models (" + ", ".join(SUPPORTED_PIPELINES) + ")"
+_FAMILIES = list(dict.fromkeys(SUPPORTED_PIPELINES.values()))
+SUPPORTED_TEXT = "nulltext supports " + ", ".join(_FAMILIES[:-1]) + " and " + _FAMILIES[-1] + \
+    " models (" + ", ".join(SUPPORTED_PIPELINES) + ")"
 
 
 def _get(config: Any, key: str, default: Any = None) -> Any:
@@ -40,7 +48,7 @@ def _get(config: Any, key: str, default: Any = None) -> Any:
 
 
 def check_architecture(source: str, pipeline: str | None, unet: Any, vae: Any, text_encoder: Any,
-                       text_encoder_2: Any = None) -> None:
+                       text_encoder_2: Any = None, text_encoder_3: Any = None) -> None:
     """Raise ModelLoadError unless the configs describe a model nulltext can drive (SUPPORTED_PIPELINES).
 
     One UNet2DConditionModel on the VAE's latents (as many channels in and out), conditioned through
@@ -54,6 +62,8 @@ def check_architecture(source: str, pipeline: str | None, unet: Any, vae: Any, t
         refuse(f"a {pipeline}" + (f", {UNSUPPORTED_PIPELINES[pipeline]}" if pipeline in UNSUPPORTED_PIPELINES else ""))
     if unet is None or vae is None:
         refuse("missing its " + ("UNet" if unet is None else "VAE"))
+    if _get(unet, "joint_attention_dim") is not None:
+        return _check_joint(refuse, unet, vae, text_encoder, text_encoder_2, text_encoder_3)
     if text_encoder is None:
         refuse("a model without a text encoder (an image-variation model, or an SDXL refiner?)")
     latent, c_in, c_out = _get(vae, "latent_channels", 4), _get(unet, "in_channels"), _get(unet, "out_channels")
@@ -80,6 +90,23 @@ def check_architecture(source: str, pipeline: str | None, unet: Any, vae: Any, t
                f"encoder{'s give' if text_encoder_2 is not None else ' gives'} {hidden}")
 
 
+def _check_joint(refuse, transformer: Any, vae: Any, clip_l: Any, clip_g: Any, t5: Any) -> None:
+    """SD 3.x: an MMDiT on the VAE's latents, reading both CLIPs' features (padded) and T5's, and their pooled pair."""
+    latent, c_in, c_out = _get(vae, "latent_channels", 4), _get(transformer, "in_channels"), _get(transformer, "out_channels")
+    if c_in != latent or c_out != latent:
+        refuse(f"a transformer that takes {c_in} and gives {c_out} channels while its VAE makes {latent}")
+    if clip_l is None or clip_g is None:
+        refuse("an SD 3.x-type transformer without its two CLIP text encoders")
+    width, pooled = _get(transformer, "joint_attention_dim"), _get(transformer, "pooled_projection_dim")
+    hidden = _get(clip_l, "hidden_size") + _get(clip_g, "hidden_size")
+    projected = (_get(clip_l, "projection_dim") or 0) + (_get(clip_g, "projection_dim") or 0)
+    if hidden > width or projected != pooled:
+        refuse(f"an SD 3.x-type transformer reading {width}-wide text and a {pooled}-wide pooled vector while its "
+               f"CLIP encoders give {hidden} and {projected}")
+    if t5 is not None and _get(t5, "d_model") != width:
+        refuse(f"an SD 3.x-type transformer reading {width}-wide text while its T5 encoder gives {_get(t5, 'd_model')}")
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         value = json.loads(path.read_text())
@@ -94,12 +121,17 @@ def check_folder(source: str, path: Path) -> dict:
     if index is None:
         raise ModelLoadError(f"cannot load model {source!r}: the folder has no readable model_index.json — pass a "
                              "diffusers folder (as written by save_pretrained), a .safetensors file or a hub id")
-    if "transformer" in index and "unet" not in index:
-        pipeline = str(index.get("_class_name"))
-        raise ModelLoadError(f"cannot load model {source!r}: it is a {pipeline}, a diffusion transformer (no UNet) — "
-                             f"{SUPPORTED_TEXT}")
-    configs = {name: _read_json(path / name / "config.json") for name in ("unet", "vae", "text_encoder", "text_encoder_2")}
-    check_architecture(source, str(index.get("_class_name")), *configs.values())
+    pipeline = str(index.get("_class_name"))
+    if "transformer" in index and "unet" not in index and pipeline not in SUPPORTED_PIPELINES:
+        what = UNSUPPORTED_PIPELINES.get(pipeline, "a diffusion transformer that is not SD 3.x")
+        raise ModelLoadError(f"cannot load model {source!r}: it is a {pipeline}, {what} — {SUPPORTED_TEXT}")
+    denoiser = "transformer" if "transformer" in index else "unet"
+    if (denoiser == "transformer") != (SUPPORTED_PIPELINES.get(pipeline) == "SD 3.x") and pipeline in SUPPORTED_PIPELINES:
+        raise ModelLoadError(f"cannot load model {source!r}: it is a {pipeline} without its "
+                             f"{'UNet' if denoiser == 'transformer' else 'transformer'} — {SUPPORTED_TEXT}")
+    configs = {name: _read_json(path / name / "config.json") if index.get(name) and index[name][0] is not None else None
+               for name in (denoiser, "vae", "text_encoder", "text_encoder_2", "text_encoder_3")}
+    check_architecture(source, pipeline, *configs.values())
     return index
 
 
@@ -123,7 +155,8 @@ def check_checkpoint_keys(source: str, path: Path) -> bool:
             return sdxl
     missing = [p for p in _SD_PREFIXES if not any(k.startswith(p) for k in keys)]
     if any(k.startswith(("model.diffusion_model.joint_blocks.", "double_blocks.", "transformer_blocks.")) for k in keys):
-        found = "a transformer (SD3/Flux-like) checkpoint"
+        found = ("a transformer (SD 3.x/FLUX-like) checkpoint; for SD 3.x pass its diffusers folder or hub id "
+                 "(single SD 3.x files are not read yet)")
     else:
         found = f"not a Stable Diffusion checkpoint ({len(keys)} tensors, e.g. {short(keys[0], 40)!r}" \
                 if keys else "not a Stable Diffusion checkpoint (no tensors"
