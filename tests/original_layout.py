@@ -1,4 +1,4 @@
-"""Write a diffusers SD 1.x/2.x model as an original-format (CompVis / Stability) single-file checkpoint.
+"""Write a diffusers SD 1.x/2.x, SDXL or SD 3.x model as an original-format (CompVis / Stability) single-file checkpoint.
 
 diffusers ships only the original → diffusers direction (`diffusers.loaders.single_file_utils`); its
 tables of top-level names (`DIFFUSERS_TO_LDM_MAPPING`) are used as they are, and the block names are
@@ -138,4 +138,57 @@ def original_sdxl_state_dict(unet, vae, text_encoder, text_encoder_2) -> dict[st
     """The four models' weights under original SDXL checkpoint names (fresh contiguous tensors)."""
     out = _unet_vae_and_clip(unet, vae, text_encoder, "conditioner.embedders.0.transformer.")
     out.update(_open_clip(text_encoder_2, "conditioner.embedders.1.model."))
+    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+
+
+# SD 3.x's MMDiT (the inverse of diffusers' `convert_sd3_transformer_checkpoint_to_diffusers`), under
+# `model.diffusion_model.`: each block's image ("x_block") and text ("context_block") halves, q/k/v stacked
+# into one `qkv`, the adaLN modulations of the last context block and of the final layer in (shift, scale) order.
+_SD3_TOP = {"pos_embed.pos_embed": "pos_embed", "pos_embed.proj": "x_embedder.proj",
+            "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+            "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
+            "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+            "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
+            "context_embedder": "context_embedder", "proj_out": "final_layer.linear", "norm_out.linear": "final_layer.adaLN_modulation.1"}
+_SD3_BLOCK = {"attn.to_out.0": "x_block.attn.proj", "attn.to_add_out": "context_block.attn.proj",
+              "attn.norm_q": "x_block.attn.ln_q", "attn.norm_k": "x_block.attn.ln_k",
+              "attn.norm_added_q": "context_block.attn.ln_q", "attn.norm_added_k": "context_block.attn.ln_k",
+              "attn2.to_out.0": "x_block.attn2.proj", "attn2.norm_q": "x_block.attn2.ln_q", "attn2.norm_k": "x_block.attn2.ln_k",
+              "norm1.linear": "x_block.adaLN_modulation.1", "norm1_context.linear": "context_block.adaLN_modulation.1",
+              "ff.net.0.proj": "x_block.mlp.fc1", "ff.net.2": "x_block.mlp.fc2",
+              "ff_context.net.0.proj": "context_block.mlp.fc1", "ff_context.net.2": "context_block.mlp.fc2"}
+_SD3_QKV = {"attn.to_": "x_block.attn.qkv", "attn.add_": "context_block.attn.qkv", "attn2.to_": "x_block.attn2.qkv"}
+
+
+def _swap_halves(t: torch.Tensor) -> torch.Tensor:
+    """(scale, shift) ↔ (shift, scale): diffusers' `swap_scale_shift`, its own inverse."""
+    a, b = t.chunk(2, dim=0)
+    return torch.cat([b, a], dim=0)
+
+
+def original_sd3_state_dict(transformer, vae) -> dict[str, torch.Tensor]:
+    """An SD 3.x transformer and VAE under original (Stability) checkpoint names; the text encoders are left out,
+    as in SD 3 Medium's smallest file (diffusers then takes them from the config folder)."""
+    state, out, last = transformer.state_dict(), {}, transformer.config.num_layers - 1
+    for key, value in state.items():
+        stem, kind = key.rsplit(".", 1)
+        if stem in _SD3_TOP or key in _SD3_TOP:
+            name = _SD3_TOP[key] if key in _SD3_TOP else f"{_SD3_TOP[stem]}.{kind}"
+            out[name] = _swap_halves(value) if stem == "norm_out.linear" else value
+            continue
+        m = re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)", stem)
+        i, rest = int(m[1]), m[2]
+        qkv = next(((p, o) for p, o in _SD3_QKV.items() if rest in (p + "q", p + "k", p + "v", p + "q_proj", p + "k_proj", p + "v_proj")), None)
+        if qkv is not None:
+            if rest.endswith(("q", "q_proj")):  # stack q, k, v once, at q
+                parts = [state[f"transformer_blocks.{i}.{qkv[0]}{c}{'_proj' if rest.endswith('_proj') else ''}.{kind}"] for c in "qkv"]
+                out[f"joint_blocks.{i}.{qkv[1]}.{kind}"] = torch.cat(parts)
+            continue
+        swap = rest == "norm1_context.linear" and i == last
+        out[f"joint_blocks.{i}.{_SD3_BLOCK[rest]}.{kind}"] = _swap_halves(value) if swap else value
+    out = {LDM_UNET_KEY + k: v for k, v in out.items()}
+    levels = len(vae.config.block_out_channels)
+    for k, v in vae.state_dict().items():
+        name, value = _vae_key(k, v, levels)
+        out["first_stage_model." + name] = value
     return {k: v.detach().contiguous().clone() for k, v in out.items()}

@@ -342,8 +342,10 @@ def _checkpoint(path: Path, keys: list[str]) -> Path:
 @pytest.mark.parametrize("kind, needle", [
     ("lora", "not a Stable Diffusion checkpoint"),
     ("sdxl", "SDXL"),
-    ("transformer", "transformer"),
-    ("sd_keys", "as a Stable Diffusion 1.x/2.x checkpoint"),  # the right names, but nothing diffusers can build
+    ("transformer", "an SD 3.x transformer checkpoint without its VAE"),
+    ("flux", "FLUX-like: a guidance-distilled transformer"),
+    ("sd3_keys", "as an SD 3.x checkpoint"),
+    ("sd_keys", "as an SD 1.x/2.x checkpoint"),  # the right names, but nothing diffusers can build
     ("sdxl_keys", "as an SDXL checkpoint"),
     ("not_safetensors", "not a readable .safetensors"),
 ])
@@ -356,6 +358,8 @@ def test_a_local_checkpoint_never_reaches_the_network(kind, needle, tmp_path, no
             "lora": ["lora_unet_down.weight"],
             "sdxl": ["conditioner.embedders.0.x", "model.diffusion_model.input_blocks.0.0.weight"],
             "transformer": ["model.diffusion_model.joint_blocks.0.x"],
+            "flux": ["double_blocks.0.img_attn.qkv.weight"],
+            "sd3_keys": ["model.diffusion_model.joint_blocks.0.x", "first_stage_model.x"],
             "sd_keys": ["model.diffusion_model.input_blocks.0.0.weight", "first_stage_model.x", "cond_stage_model.y"],
             "sdxl_keys": ["model.diffusion_model.input_blocks.0.0.weight", "first_stage_model.x",
                           "conditioner.embedders.0.y"],

@@ -19,7 +19,8 @@ from nulltext.model.compute import Model
 from nulltext.model.device import resolve_device, resolve_dtype
 from nulltext.model.errors import ModelLoadError
 from nulltext.model.lora import LoRA, check_loras, fuse_loras, identity_entries
-from nulltext.model.refusals import check_architecture, check_checkpoint_keys, check_folder
+from nulltext.model.refusals import (FAMILY_NAMES, check_architecture, check_checkpoint_keys, check_folder,
+                                     checkpoint_keys)
 
 BUNDLED = "bundled"
 
@@ -314,7 +315,7 @@ def _load_single_file(source: str, path: Path, allow_pickle: bool, config: Path 
     Never reaches the network: the component configs come from `config`, a local diffusers folder of
     the checkpoint's family and size, or else from the local Hugging Face cache.
     """
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     if path.suffix not in (".safetensors", ".ckpt"):
         raise ModelLoadError(f"cannot load model {source!r}: a single-file model must be .safetensors or .ckpt — "
@@ -322,31 +323,57 @@ def _load_single_file(source: str, path: Path, allow_pickle: bool, config: Path 
     if path.suffix == ".ckpt" and not allow_pickle:
         raise ModelLoadError(f"cannot load model {source!r}: a .ckpt is a pickle, which can run code when loaded — "
                              "convert it to .safetensors, or pass --allow-pickle if you trust its source")
-    sdxl = check_checkpoint_keys(source, path) if path.suffix == ".safetensors" else None
+    keys = checkpoint_keys(source, path) if path.suffix == ".safetensors" else None
+    family = None if keys is None else check_checkpoint_keys(source, keys)
     index = None
     if config is not None:
         if not config.is_dir():
             raise ModelLoadError(f"cannot load model {source!r}: its config {str(config)!r} is not a folder — pass a "
                                  "diffusers folder of the same model family (as save_pretrained writes it)")
         index = check_folder(str(config), config)
-        folder_sdxl = bool(index.get("text_encoder_2")) and index["text_encoder_2"][0] is not None
-        if sdxl is not None and sdxl != folder_sdxl:
-            raise ModelLoadError(f"cannot load model {source!r}: it is an {'SDXL' if sdxl else 'SD 1.x/2.x'} checkpoint "
-                                 f"but its config {str(config)!r} is for {'SDXL' if folder_sdxl else 'SD 1.x/2.x'} — "
-                                 "pass a config folder of the checkpoint's family")
-        sdxl = folder_sdxl
-    pipeline = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
-    family = "an SDXL" if sdxl else "a Stable Diffusion 1.x/2.x"
-    kwargs = {} if sdxl else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+        folder = "sd3" if "transformer" in index else "sdxl" if index.get("text_encoder_2") and \
+            index["text_encoder_2"][0] is not None else "sd"
+        if family is not None and family != folder:
+            raise ModelLoadError(f"cannot load model {source!r}: it is an {FAMILY_NAMES[family]} checkpoint but its "
+                                 f"config {str(config)!r} is for {FAMILY_NAMES[folder]} — pass a config folder of the "
+                                 "checkpoint's family")
+        family = folder
+    family = family or "sd"
+    pipeline = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline, "sd3": StableDiffusion3Pipeline}[family]
+    kwargs = {"sd": {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False},
+              "sdxl": {}, "sd3": {} if config is None else _encoders_not_in(keys or [], config, index)}[family]
     try:
         pipe = pipeline.from_single_file(str(path), local_files_only=True,
                                          config=None if config is None else str(config), **kwargs)
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"cannot load model {source!r} as {family} checkpoint: "
+        raise ModelLoadError(f"cannot load model {source!r} as an {FAMILY_NAMES[family]} checkpoint: "
                              f"{first_line(e, 120)} — pass --model-config with a local diffusers folder of "
                              "this model family (or have its configs in the Hugging Face cache)") from None
-    c = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
-         "scheduler_config": _scheduler_config(dict(pipe.scheduler.config))}
-    if sdxl:
-        c.update(text_encoder_2=pipe.text_encoder_2, tokenizer_2=pipe.tokenizer_2)
+    names = {"sd": (), "sdxl": ("text_encoder_2", "tokenizer_2"),
+             "sd3": ("text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")}[family]
+    c = {"unet": pipe.transformer if family == "sd3" else pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder,
+         "tokenizer": pipe.tokenizer, "scheduler_config": _scheduler_config(dict(pipe.scheduler.config)),
+         **{name: getattr(pipe, name) for name in names}}
     return c
+
+
+# where an SD 3.x single file keeps each text encoder, if it has it
+_SD3_ENCODERS = {"text_encoder": "text_encoders.clip_l.", "text_encoder_2": "text_encoders.clip_g.",
+                 "text_encoder_3": "text_encoders.t5xxl."}
+
+
+def _encoders_not_in(keys: list[str], config: Path, index: dict) -> dict:
+    """The SD 3.x text encoders a single file leaves out, from the config folder (T5 None if it has none):
+    diffusers' `from_single_file` takes them as arguments."""
+    from transformers import CLIPTextModelWithProjection, T5EncoderModel
+
+    out = {}
+    for name, prefix in _SD3_ENCODERS.items():
+        if any(k.startswith(prefix) for k in keys):
+            continue
+        if not (index.get(name) and index[name][0] is not None):
+            out[name] = None
+            continue
+        cls = T5EncoderModel if name == "text_encoder_3" else CLIPTextModelWithProjection
+        out[name] = cls.from_pretrained(str(config), subfolder=name, local_files_only=True)
+    return out

@@ -135,28 +135,36 @@ def check_folder(source: str, path: Path) -> dict:
     return index
 
 
-# tensor-name prefixes of an original-format (CompVis/Stability) checkpoint: SD 1.x/2.x, and SDXL's two encoders
-_SD_PREFIXES = ("model.diffusion_model.input_blocks.", "first_stage_model.", "cond_stage_model.")
-_SDXL_PREFIXES = ("model.diffusion_model.input_blocks.", "first_stage_model.", "conditioner.embedders.")
+# tensor-name prefixes of an original-format (CompVis/Stability) checkpoint, by family: SD 1.x/2.x, SDXL's two
+# encoders, SD 3.x's MMDiT (its text encoders may be in the file or not)
+_PREFIXES = {"sd": ("model.diffusion_model.input_blocks.", "first_stage_model.", "cond_stage_model."),
+             "sdxl": ("model.diffusion_model.input_blocks.", "first_stage_model.", "conditioner.embedders."),
+             "sd3": ("model.diffusion_model.joint_blocks.", "first_stage_model.")}
+FAMILY_NAMES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "sd3": "SD 3.x"}
 
 
-def check_checkpoint_keys(source: str, path: Path) -> bool:
-    """Refuse a .safetensors file that is not an original-format SD 1.x/2.x or SDXL checkpoint; True for SDXL."""
+def checkpoint_keys(source: str, path: Path) -> list[str]:
+    """The tensor names of a .safetensors file; ModelLoadError (one line) if it cannot be read."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
+            return list(f.keys())
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for bad files
         raise ModelLoadError(f"cannot load model {source!r}: not a readable .safetensors file "
                              f"({first_line(e, 80)}) — pass a Stable Diffusion checkpoint") from None
-    for prefixes, sdxl in ((_SD_PREFIXES, False), (_SDXL_PREFIXES, True)):
+
+
+def check_checkpoint_keys(source: str, keys: list[str]) -> str:
+    """The family ("sd", "sdxl", "sd3") of an original-format checkpoint's tensor names; refuses anything else."""
+    for family, prefixes in _PREFIXES.items():
         if all(any(k.startswith(p) for k in keys) for p in prefixes):
-            return sdxl
-    missing = [p for p in _SD_PREFIXES if not any(k.startswith(p) for k in keys)]
-    if any(k.startswith(("model.diffusion_model.joint_blocks.", "double_blocks.", "transformer_blocks.")) for k in keys):
-        found = ("a transformer (SD 3.x/FLUX-like) checkpoint; for SD 3.x pass its diffusers folder or hub id "
-                 "(single SD 3.x files are not read yet)")
+            return family
+    missing = [p for p in _PREFIXES["sd"] if not any(k.startswith(p) for k in keys)]
+    if any(k.startswith("model.diffusion_model.joint_blocks.") for k in keys):
+        found = "an SD 3.x transformer checkpoint without its VAE (no first_stage_model.* tensors)"
+    elif any(k.startswith(("double_blocks.", "transformer_blocks.", "model.diffusion_model.double_blocks.")) for k in keys):
+        found = f"a transformer checkpoint that is not SD 3.x (FLUX-like: {_DISTILLED})"
     else:
         found = f"not a Stable Diffusion checkpoint ({len(keys)} tensors, e.g. {short(keys[0], 40)!r}" \
                 if keys else "not a Stable Diffusion checkpoint (no tensors"
