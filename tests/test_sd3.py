@@ -295,3 +295,25 @@ def test_a_single_file_checkpoint_is_the_folders_model(tiny_sd3, tiny_sd3_dir, i
     assert torch.equal(reconstruct(model, inversion), reconstruct(tiny_sd3, inversion))
     with pytest.raises(ModelLoadError, match=r"an SD 3.x checkpoint but its config .* is for SD 1.x/2.x"):
         load_model(path, device="cpu", config=bundled_model_path())
+
+
+def test_a_hub_id_in_the_local_cache_loads_without_the_network(tiny_sd3, tiny_sd3_dir, photo, tmp_path):
+    """`--model owner/name` from the Hugging Face cache's layout (refs/main → snapshots/<commit>), in a fresh
+    process: the configs are checked, then the weights read, and the file is the folder model's."""
+    import os
+    import subprocess
+    import sys
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--tiny--sd3"
+    shutil.copytree(tiny_sd3_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    photo[0].save(tmp_path / "photo.png")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "OMP_NUM_THREADS": "1"}
+    env.pop("HF_HUB_OFFLINE", None)  # the cache is read first, so the hub is never asked
+    done = subprocess.run([sys.executable, "-m", "nulltext.cli", "invert", str(tmp_path / "photo.png"), "--prompt", photo[1],
+                           "--model", "tiny/sd3", "--steps", "3", "-o", str(tmp_path / "hub.nti"), "--quiet"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert load_inversion(tmp_path / "hub.nti").model_identity == tiny_sd3.identity
