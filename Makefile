@@ -49,6 +49,7 @@ bench-fast: $(VENV)/.installed
 	$(PY) benchmarks/fast_inversion_benchmark.py --edit-baseline docs/bench/edits.json -o docs/fast_inversion
 	$(PY) benchmarks/optimiser_families_benchmark.py -o docs/fast_inversion
 	$(PY) benchmarks/end_to_end_benchmark.py --frozen -o docs/fast_inversion
+	$(PY) benchmarks/compile_benchmark.py --cold
 
 train: $(VENV)/.installed
 	$(PY) -m nulltext.bundled.train
