@@ -107,7 +107,7 @@ def test_null_text_follows_the_pivot_where_plain_inversion_drifts(tiny_sd3, phot
     assert not torch.equal(nt.null_pooled[0], nt.null_pooled[-1])  # the pooled part is optimised too
     assert check.mse_null_text * 10 <= check.mse_ddim, \
         f"latent MSE null-text {check.mse_null_text:.2e} vs plain inversion {check.mse_ddim:.2e}"
-    assert check.psnr >= check.vae_bound - 1.0, f"null-text PSNR {check.psnr:.2f} dB vs VAE bound {check.vae_bound:.2f} dB"
+    assert check.psnr >= check.vae_bound - 0.5, f"null-text PSNR {check.psnr:.2f} dB vs VAE bound {check.vae_bound:.2f} dB"
 
 
 def test_default_optimiser_beats_the_papers_adam_at_under_half_its_work_on_sd3(tiny_sd3, photo):
@@ -317,3 +317,41 @@ def test_a_hub_id_in_the_local_cache_loads_without_the_network(tiny_sd3, tiny_sd
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert load_inversion(tmp_path / "hub.nti").model_identity == tiny_sd3.identity
+
+
+class _Reweight:
+    """A controller that triples one token's cross-attention; `self_too` also asks for the self map (unchanged)."""
+
+    rewrites = True
+
+    def __init__(self, self_too: bool):
+        self.self_too = self_too
+
+    def wants(self, layer: str, is_cross: bool, pixels: int) -> bool:
+        return is_cross or self.self_too
+
+    def __call__(self, layer: str, is_cross: bool, probs: torch.Tensor) -> torch.Tensor:
+        if not is_cross:
+            return probs
+        out = probs.clone()
+        out[..., 2] *= 3.0
+        return out
+
+
+def test_the_lean_cross_path_is_the_explicit_layer(tiny_sd3):
+    """With no self map wanted, a joint layer adds (P'_text − P_text)·V_text to its fused output instead of building
+    the (pixels × pixels) matrix: the same output as the explicit layer, and not the unedited one."""
+    from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+    from nulltext.editing.joint_attention import controlled_joint_attention
+
+    attn = tiny_sd3.unet.transformer_blocks[0].attn
+    g = torch.Generator().manual_seed(0)
+    image, text = torch.randn(4, 64, 32, generator=g), torch.randn(4, 272, 32, generator=g)
+    original = JointAttnProcessor2_0()
+    with torch.no_grad():
+        lean = controlled_joint_attention(attn, original, _Reweight(False), "block", 16, image, text)
+        explicit = controlled_joint_attention(attn, original, _Reweight(True), "block", 16, image, text)
+        plain = original(attn, image, text)
+    assert relative_error(lean[0], explicit[0]) < 1e-5 and relative_error(lean[1], explicit[1]) < 1e-5
+    assert relative_error(lean[0], plain[0]) > 1e-3 and torch.equal(lean[1], plain[1])  # text rows untouched

@@ -10,7 +10,12 @@ blocks, each renormalised over its own keys:
 
 and a rewritten block goes back at the row's own share of that block, so every row still sums to 1
 and the keys the controller does not see (T5's tokens) keep their attention. Text-query rows are
-never changed. The controller is the same object the UNet's processors talk to
+never changed.
+
+Memory: the image rows' full matrix is (batch, heads, pixels, pixels + text), 7 GB in fp32 for an edit of
+one target at 1024 px on SD 3.x. It is built only when the controller needs the self map. For the cross
+map alone, the text block comes from a softmax over key chunks, and an edit is added to the fused
+layer's output as (P'_text − P_text)·V_text through the output projection, which is linear. The controller is the same object the UNet's processors talk to
 (`nulltext.editing.attention.AttentionController`), so word swap, refinement, re-weighting, local
 blend and the attention maps run unchanged above it.
 """
@@ -51,6 +56,19 @@ def image_rows(q: torch.Tensor, k: torch.Tensor, pixels: int) -> torch.Tensor:
     return (q[:, :, :pixels].float() @ k.float().transpose(-1, -2) * scale).softmax(-1)
 
 
+def text_rows(q: torch.Tensor, k: torch.Tensor, pixels: int, tokens: int, budget: int = 2 ** 28) -> torch.Tensor:
+    """The image queries' softmax over all keys, restricted to the first `tokens` text keys, float32:
+    (batch, heads, pixels, tokens), computed `budget` bytes of scores at a time."""
+    scale = q.shape[-1] ** -0.5
+    keys = k.float().transpose(-1, -2)  # (batch, heads, head_dim, keys)
+    rows = max(1, budget // (4 * q.shape[0] * q.shape[1] * k.shape[2]))
+    out = []
+    for start in range(0, pixels, rows):
+        scores = q[:, :, start : min(pixels, start + rows)].float() @ keys * scale  # (batch, heads, rows, keys)
+        out.append((scores[..., pixels : pixels + tokens] - scores.logsumexp(-1, keepdim=True)).exp())
+    return torch.cat(out, 2)
+
+
 def _show(controller, layer: str, is_cross: bool, block: torch.Tensor, rewrite: bool) -> torch.Tensor:
     """One block renormalised per row, shown to the controller; the (edited) block at the row's own share."""
     share = block.sum(-1, keepdim=True)  # (batch, heads, pixels, 1)
@@ -76,9 +94,13 @@ def controlled_joint_attention(attn, original, controller, layer: str, text_toke
     """One joint-attention layer through the controller: the original processor when the controller does
     not need this layer or only looks; explicit attention from the rewritten image rows when it edits."""
     pixels, has_text = hidden_states.shape[1], encoder_hidden_states is not None
-    if not (has_text and controller.wants(layer, True, pixels)) and not controller.wants(layer, False, pixels):
+    wants_cross, wants_self = has_text and controller.wants(layer, True, pixels), controller.wants(layer, False, pixels)
+    if not wants_cross and not wants_self:
         return original(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
     q, k, v = joint_qkv(attn, hidden_states, encoder_hidden_states)
+    if not wants_self:  # the cross map alone: no (pixels × pixels) matrix
+        return _cross_only(attn, original, controller, layer, text_tokens, q, k, v, pixels,
+                           hidden_states, encoder_hidden_states, attention_mask, **kwargs)
     probs = controlled_blocks(controller, layer, image_rows(q, k, pixels), pixels, text_tokens, has_text,
                               controller.rewrites)
     if not controller.rewrites:
@@ -96,3 +118,20 @@ def controlled_joint_attention(attn, original, controller, layer: str, text_toke
     if not attn.context_pre_only:
         text = attn.to_add_out(text)
     return image, text
+
+
+def _cross_only(attn, original, controller, layer: str, text_tokens: int | None, q, k, v, pixels: int,
+                hidden_states, encoder_hidden_states, attention_mask, **kwargs):
+    """The layer's fused output, plus (P'_text − P_text)·V_text through its output projection when the
+    controller edits the text block."""
+    L = k.shape[2] - pixels if text_tokens is None else min(text_tokens, k.shape[2] - pixels)
+    text = text_rows(q, k, pixels, L)  # (batch, heads, pixels, tokens)
+    edited = _show(controller, layer, True, text, controller.rewrites)
+    out = original(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+    if not controller.rewrites:
+        return out
+    delta = (edited - text).to(v.dtype) @ v[:, :, pixels : pixels + L]  # (batch, heads, pixels, head_dim)
+    batch, heads, _, head_dim = delta.shape
+    delta = delta.transpose(1, 2).reshape(batch, pixels, heads * head_dim)  # (batch, pixels, channels)
+    image, text_out = out
+    return image + F.linear(delta.to(image.dtype), attn.to_out[0].weight), text_out

@@ -164,7 +164,7 @@ def run_ablation(model: Model, photos: list[StudyPhoto], config: AblationConfig,
     """PSNR vs. iterations for every method over the photos (SD 1.x/2.x: its variants optimise token embeddings)."""
     if model.pooled_dim is not None:
         raise ValueError("the ablation study runs on SD 1.x/2.x models: its textual-inversion and global-null "
-                         "variants optimise token embeddings only, not SDXL's pooled one — pass an SD 1.x/2.x --model")
+                         "variants optimise token embeddings only, not the pooled one of SDXL or SD 3.x — pass an SD 1.x/2.x --model")
     inv_cfg = config.inversion
     schedule = make_schedule(model.scheduler_config, inv_cfg.num_steps)
     T, w = inv_cfg.num_steps, inv_cfg.guidance_scale
