@@ -83,6 +83,20 @@ def test_the_schedule_and_step_are_the_flow_schedulers_own(tiny_sd3):
         make_schedule({**tiny_sd3.scheduler_config, "use_dynamic_shifting": True}, 10)
 
 
+@pytest.mark.parametrize("settings, needle", [
+    ({"use_karras_sigmas": True, "use_exponential_sigmas": True}, "Only one of"),
+    ({"time_shift_type": "cubic"}, "time_shift_type"),
+    ({"use_beta_sigmas": True}, "scipy"),  # with scipy made unavailable below
+])
+def test_a_flow_config_diffusers_refuses_is_one_line(tiny_sd3, settings, needle, monkeypatch):
+    import diffusers.schedulers.scheduling_flow_match_euler_discrete as flow
+
+    monkeypatch.setattr(flow, "is_scipy_available", lambda: False)
+    with pytest.raises(ScheduleError, match=needle) as e:
+        make_schedule({**tiny_sd3.scheduler_config, **settings}, 10)
+    assert "\n" not in str(e.value) and str(e.value).startswith("diffusers' FlowMatchEulerDiscreteScheduler refuses")
+
+
 def test_the_pivot_is_the_flow_odes_inversion(tiny_sd3, photo):
     """Euler inversion at w = 1 with the sampler's own sigmas: replayed forward, it returns to z0 (the inversion's
     only error is evaluating the velocity at the level below); a step size halved halves that error."""

@@ -10,14 +10,14 @@ blocks, each renormalised over its own keys:
 
 and a rewritten block goes back at the row's own share of that block, so every row still sums to 1
 and the keys the controller does not see (T5's tokens) keep their attention. Text-query rows are
-never changed.
+never changed. The controller is the same object the UNet's processors talk to
+(`nulltext.editing.attention.AttentionController`), so word swap, refinement, re-weighting, local
+blend and the attention maps run unchanged above it.
 
 Memory: the image rows' full matrix is (batch, heads, pixels, pixels + text), 7 GB in fp32 for an edit of
 one target at 1024 px on SD 3.x. It is built only when the controller needs the self map. For the cross
 map alone, the text block comes from a softmax over key chunks, and an edit is added to the fused
-layer's output as (P'_text − P_text)·V_text through the output projection, which is linear. The controller is the same object the UNet's processors talk to
-(`nulltext.editing.attention.AttentionController`), so word swap, refinement, re-weighting, local
-blend and the attention maps run unchanged above it.
+layer's output as (P'_text − P_text)·V_text through the output projection, which is linear.
 """
 
 from __future__ import annotations
@@ -76,15 +76,19 @@ def _show(controller, layer: str, is_cross: bool, block: torch.Tensor, rewrite: 
     return seen.float() * share if rewrite else block
 
 
-def controlled_blocks(controller, layer: str, probs: torch.Tensor, pixels: int, text_tokens: int | None,
-                      has_text: bool, rewrite: bool) -> torch.Tensor:
-    """The image rows (batch, heads, pixels, keys) after the controller saw (and, rewriting, edited) its blocks."""
-    L = probs.shape[-1] - pixels if text_tokens is None else min(text_tokens, probs.shape[-1] - pixels)
-    own, text, rest = probs[..., :pixels], probs[..., pixels : pixels + L], probs[..., pixels + L :]
-    if has_text and controller.wants(layer, True, pixels):
+def _shown_tokens(keys: int, pixels: int, text_tokens: int | None) -> int:
+    """How many leading text keys the cross map shows: `text_tokens` (CLIP's), or every text key."""
+    return keys - pixels if text_tokens is None else min(text_tokens, keys - pixels)
+
+
+def controlled_blocks(controller, layer: str, probs: torch.Tensor, pixels: int, tokens: int, cross: bool,
+                      rewrite: bool) -> torch.Tensor:
+    """The image rows (batch, heads, pixels, keys) after the controller saw (and, rewriting, edited) its self
+    block and, if `cross`, its first `tokens` text keys."""
+    own, text, rest = probs[..., :pixels], probs[..., pixels : pixels + tokens], probs[..., pixels + tokens :]
+    if cross:
         text = _show(controller, layer, True, text, rewrite)  # (batch, heads, pixels, tokens)
-    if controller.wants(layer, False, pixels):
-        own = _show(controller, layer, False, own, rewrite)  # (batch, heads, pixels, pixels)
+    own = _show(controller, layer, False, own, rewrite)  # (batch, heads, pixels, pixels)
     return torch.cat([own, text, rest], -1)
 
 
@@ -98,10 +102,11 @@ def controlled_joint_attention(attn, original, controller, layer: str, text_toke
     if not wants_cross and not wants_self:
         return original(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
     q, k, v = joint_qkv(attn, hidden_states, encoder_hidden_states)
+    tokens = _shown_tokens(k.shape[2], pixels, text_tokens)
     if not wants_self:  # the cross map alone: no (pixels × pixels) matrix
-        return _cross_only(attn, original, controller, layer, text_tokens, q, k, v, pixels,
+        return _cross_only(attn, original, controller, layer, tokens, q, k, v, pixels,
                            hidden_states, encoder_hidden_states, attention_mask, **kwargs)
-    probs = controlled_blocks(controller, layer, image_rows(q, k, pixels), pixels, text_tokens, has_text,
+    probs = controlled_blocks(controller, layer, image_rows(q, k, pixels), pixels, tokens, wants_cross,
                               controller.rewrites)
     if not controller.rewrites:
         return original(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
@@ -120,11 +125,10 @@ def controlled_joint_attention(attn, original, controller, layer: str, text_toke
     return image, text
 
 
-def _cross_only(attn, original, controller, layer: str, text_tokens: int | None, q, k, v, pixels: int,
+def _cross_only(attn, original, controller, layer: str, L: int, q, k, v, pixels: int,
                 hidden_states, encoder_hidden_states, attention_mask, **kwargs):
     """The layer's fused output, plus (P'_text − P_text)·V_text through its output projection when the
-    controller edits the text block."""
-    L = k.shape[2] - pixels if text_tokens is None else min(text_tokens, k.shape[2] - pixels)
+    controller edits the text block of the first L text keys."""
     text = text_rows(q, k, pixels, L)  # (batch, heads, pixels, tokens)
     edited = _show(controller, layer, True, text, controller.rewrites)
     out = original(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)

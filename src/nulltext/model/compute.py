@@ -252,13 +252,12 @@ class Model:
         """
         W, H = size
         f, unet = self.vae_scale_factor, self.unet.config
+        bytes_per = 2 if self.dtype in (torch.float16, torch.bfloat16) else 4
         if self.joint_attention:  # every block attends over the image patches and the text tokens jointly
-            bytes_per = 2 if self.dtype in (torch.float16, torch.bfloat16) else 4
             tokens = (W // f) * (H // f) // int(unet.patch_size) ** 2 + self.text_tokens
             vae = W * H * 3 * int(self.vae.config.block_out_channels[0]) * 4
             return int(W * H * 3 * 13 + vae + 2 * int(unet.num_attention_heads) * tokens * tokens * bytes_per)
         pixels, latent_pixels = W * H, (W // f) * (H // f)
-        bytes_per = 2 if self.dtype in (torch.float16, torch.bfloat16) else 4
         photo = pixels * 3 * (1 + 8 + 4)
         vae = pixels * 3 * int(self.vae.config.block_out_channels[0]) * 4 + latent_pixels**2 * 4
         heads = unet.num_attention_heads or unet.attention_head_dim

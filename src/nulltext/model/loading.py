@@ -20,7 +20,7 @@ from nulltext.model.device import resolve_device, resolve_dtype
 from nulltext.model.errors import ModelLoadError
 from nulltext.model.lora import LoRA, check_loras, fuse_loras, identity_entries
 from nulltext.model.refusals import (FAMILY_NAMES, check_architecture, check_checkpoint_keys, check_folder,
-                                     checkpoint_keys)
+                                     checkpoint_keys, index_family)
 
 BUNDLED = "bundled"
 
@@ -48,6 +48,19 @@ def weights_identity(*modules: torch.nn.Module, extra: dict | None = None) -> st
     if extra:
         h.update(json.dumps(extra, sort_keys=True).encode())
     return h.hexdigest()[:16]
+
+
+_PARTS = ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
+
+
+def _components(pipe) -> dict:
+    """What nulltext uses of a diffusers SD 1.x/2.x, SDXL or SD 3.x pipeline: the denoiser (UNet or transformer)
+    as "unet", the VAE, the encoders and tokenizers (None where the family has none) and the scheduler config."""
+    c = {k: getattr(pipe, k, None) for k in _PARTS}
+    c["unet"] = getattr(pipe, "unet", None) if getattr(pipe, "unet", None) is not None else getattr(pipe, "transformer", None)
+    scheduler = getattr(pipe, "scheduler", None)
+    c["scheduler_config"] = None if scheduler is None else _scheduler_config(dict(scheduler.config))
+    return c
 
 
 def _scheduler_config(config: dict) -> dict:
@@ -109,10 +122,9 @@ def from_pipeline(pipe, device: str | torch.device | None = None, dtype: str | t
     fp16 it runs the VAE in fp32 where its config asks (`force_upcast`), as the pipelines do to decode.
     `device` and `dtype`, if given, must be the pipeline's: move the pipeline with `pipe.to(...)`."""
     name = type(pipe).__name__
-    c = {k: getattr(pipe, k, None) for k in ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
-                                             "text_encoder_3", "tokenizer_3")}
-    c["unet"] = c["unet"] if c["unet"] is not None else getattr(pipe, "transformer", None)
-    parts = {"UNet or transformer": c["unet"], **{k: getattr(pipe, k, None) for k in ("vae", "text_encoder", "tokenizer", "scheduler")}}
+    c = _components(pipe)
+    parts = {"UNet or transformer": c["unet"], "vae": c["vae"], "text_encoder": c["text_encoder"],
+             "tokenizer": c["tokenizer"], "scheduler": c["scheduler_config"]}
     missing = [k for k, v in parts.items() if v is None]
     if missing:
         raise ModelLoadError(f"the {name} has no {missing[0]} — pass a StableDiffusionPipeline, "
@@ -123,7 +135,6 @@ def from_pipeline(pipe, device: str | torch.device | None = None, dtype: str | t
                              "dtype asked for — move it with pipe.to(...), or leave device and dtype unset")
     check_architecture(name, name, c["unet"].config, c["vae"].config, c["text_encoder"].config,
                        getattr(c["text_encoder_2"], "config", None), getattr(c["text_encoder_3"], "config", None))
-    c["scheduler_config"] = _scheduler_config(dict(pipe.scheduler.config))
     return _model(c, f"pipeline {name}", dev, dt)
 
 
@@ -263,7 +274,7 @@ def _from_pretrained(where: str, local_files_only: bool, scheduler_file: Path | 
     index = DiffusionPipeline.load_config(where, **kw)
     if "transformer" in index:
         return _sd3_from_pretrained(where, index, kw, check=scheduler_file is None)
-    sdxl = bool(index.get("text_encoder_2")) and index["text_encoder_2"][0] is not None
+    sdxl = index_family(index) == "sdxl"
     if scheduler_file is None:  # a hub id: its configs say what it is before any weights come
         configs = [UNet2DConditionModel.load_config(where, subfolder="unet", **kw),
                    AutoencoderKL.load_config(where, subfolder="vae", **kw)]
@@ -301,12 +312,7 @@ def _sd3_from_pretrained(where: str, index: dict, kw: dict, check: bool) -> dict
         check_architecture(where, str(index.get("_class_name")), *configs)
     absent = {name: None for name, entry in index.items()  # e.g. T5 left out: the pipeline takes None for it
               if not name.startswith("_") and isinstance(entry, list) and entry and entry[0] is None}
-    pipe = StableDiffusion3Pipeline.from_pretrained(where, **kw, **absent)
-    c = {"unet": pipe.transformer, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
-         "text_encoder_2": pipe.text_encoder_2, "tokenizer_2": pipe.tokenizer_2,
-         "text_encoder_3": pipe.text_encoder_3, "tokenizer_3": pipe.tokenizer_3}
-    c["scheduler_config"] = _scheduler_config(dict(pipe.scheduler.config))
-    return c
+    return _components(StableDiffusion3Pipeline.from_pretrained(where, **kw, **absent))
 
 
 def _load_single_file(source: str, path: Path, allow_pickle: bool, config: Path | None = None) -> dict:
@@ -331,8 +337,7 @@ def _load_single_file(source: str, path: Path, allow_pickle: bool, config: Path 
             raise ModelLoadError(f"cannot load model {source!r}: its config {str(config)!r} is not a folder — pass a "
                                  "diffusers folder of the same model family (as save_pretrained writes it)")
         index = check_folder(str(config), config)
-        folder = "sd3" if "transformer" in index else "sdxl" if index.get("text_encoder_2") and \
-            index["text_encoder_2"][0] is not None else "sd"
+        folder = index_family(index)
         if family is not None and family != folder:
             raise ModelLoadError(f"cannot load model {source!r}: it is an {FAMILY_NAMES[family]} checkpoint but its "
                                  f"config {str(config)!r} is for {FAMILY_NAMES[folder]} — pass a config folder of the "
@@ -349,12 +354,7 @@ def _load_single_file(source: str, path: Path, allow_pickle: bool, config: Path 
         raise ModelLoadError(f"cannot load model {source!r} as an {FAMILY_NAMES[family]} checkpoint: "
                              f"{first_line(e, 120)} — pass --model-config with a local diffusers folder of "
                              "this model family (or have its configs in the Hugging Face cache)") from None
-    names = {"sd": (), "sdxl": ("text_encoder_2", "tokenizer_2"),
-             "sd3": ("text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")}[family]
-    c = {"unet": pipe.transformer if family == "sd3" else pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder,
-         "tokenizer": pipe.tokenizer, "scheduler_config": _scheduler_config(dict(pipe.scheduler.config)),
-         **{name: getattr(pipe, name) for name in names}}
-    return c
+    return _components(pipe)
 
 
 # where an SD 3.x single file keeps each text encoder, if it has it

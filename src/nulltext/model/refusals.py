@@ -107,6 +107,14 @@ def _check_joint(refuse, transformer: Any, vae: Any, clip_l: Any, clip_g: Any, t
         refuse(f"an SD 3.x-type transformer reading {width}-wide text while its T5 encoder gives {_get(t5, 'd_model')}")
 
 
+def index_family(index: dict) -> str:
+    """The family ("sd", "sdxl", "sd3") a diffusers model_index.json describes, by its components."""
+    if "transformer" in index:
+        return "sd3"
+    second = index.get("text_encoder_2")
+    return "sdxl" if second and second[0] is not None else "sd"
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         value = json.loads(path.read_text())
