@@ -50,6 +50,7 @@ bench-fast: $(VENV)/.installed
 	$(PY) benchmarks/optimiser_families_benchmark.py -o docs/fast_inversion
 	$(PY) benchmarks/end_to_end_benchmark.py --frozen -o docs/fast_inversion
 	$(PY) benchmarks/compile_benchmark.py --cold
+	$(PY) benchmarks/parameter_walk_benchmark.py
 
 train: $(VENV)/.installed
 	$(PY) -m nulltext.bundled.train

@@ -24,8 +24,10 @@ def photos(bundled):
 
 
 @pytest.fixture(scope="module")
-def sequential(bundled, photos):
-    return [invert(bundled, to_tensor(image), caption, CONFIG) for image, caption in photos]
+def sequential(bundled, photos, computed_once):
+    """The photos inverted one at a time, once per run across xdist workers (two tests compare with them)."""
+    return computed_once(f"batch inversion: one at a time {CONFIG!r}",
+                         lambda: [invert(bundled, to_tensor(image), caption, CONFIG) for image, caption in photos])
 
 
 def test_batch_equals_one_at_a_time_with_different_early_stops_and_a_failing_photo(bundled, photos, sequential):

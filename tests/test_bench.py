@@ -49,15 +49,16 @@ def test_cases_carry_their_ground_truth() -> None:
 
 
 @pytest.fixture(scope="module")
-def small_run(bundled):
-    """One case per edit type, the three methods without optimisation, 10 steps (≈ 30 s on 2 busy cores).
+def small_run(bundled, computed_once):
+    """One case per edit type, the three methods without optimisation, 10 steps (≈ 50 s on one core),
+    run once per run across xdist workers (two tests read it).
 
     Null-text is left out for time (its inversion alone costs ≈ 6 s per case at 10 steps); the committed
     N ≥ 30 run covers it.
     """
     cases = make_cases(1, seed=0, resolution=bundled.default_size[0])
     config = BenchConfig(methods=("direct", "negative-prompt", "ddim"), inversion=InversionConfig(num_steps=10))
-    return run_edit_bench(bundled, cases, config)
+    return computed_once(f"small edit bench {config!r}", lambda: run_edit_bench(bundled, cases, config))
 
 
 def _mean(result, method, blend, key, edit_type="all"):

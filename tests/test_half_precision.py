@@ -22,9 +22,11 @@ def photo():
 
 
 @pytest.fixture(scope="module")
-def fp32_psnr(bundled, photo):
+def fp32_psnr(bundled, photo, computed_once):
+    """The fp32 reconstruction's PSNR, once per run across xdist workers (both half-precision tests compare with it)."""
     image, caption = photo
-    return psnr(to_pil(reconstruct(bundled, invert(bundled, to_tensor(image), caption, CONFIG)))[0], image)
+    return computed_once(f"half precision: fp32 PSNR {CONFIG!r}",
+                         lambda: psnr(to_pil(reconstruct(bundled, invert(bundled, to_tensor(image), caption, CONFIG)))[0], image))
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

@@ -15,6 +15,17 @@ def test_identity_is_stable_across_loads_and_dtypes_and_differs_between_models(t
     assert bf16.dtype == torch.bfloat16 and tiny.dtype == torch.float32
 
 
+@pytest.mark.parametrize("name", ["tiny", "tiny_xl", "tiny_sd3"])
+def test_device_and_dtype_are_the_denoisers_as_diffusers_reads_them(request, name, tiny_dir):
+    """`Model.device` / `.dtype` read the first parameter (no walk over every module); they agree with
+    diffusers' own properties for each family, also after the model is loaded in bf16."""
+    model = request.getfixturevalue(name)
+    assert (model.device, model.dtype) == (model.unet.device, model.unet.dtype) == (torch.device("cpu"), torch.float32)
+    bf16 = load_model(tiny_dir, device="cpu", dtype="bf16")
+    assert (bf16.device, bf16.dtype) == (bf16.unet.device, bf16.unet.dtype) == (torch.device("cpu"), torch.bfloat16)
+    assert bf16.encode_image(torch.zeros(1, 3, 32, 32)).dtype == bf16.vae.dtype == torch.bfloat16
+
+
 def test_sizes_and_factors_come_from_the_configs(tiny, bundled):
     assert tiny.vae_scale_factor == 2 and tiny.default_size == (32, 32) and tiny.size_multiple == 4
     assert bundled.vae_scale_factor == 4 and bundled.default_size == (64, 64)

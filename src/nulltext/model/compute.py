@@ -23,6 +23,10 @@ from nulltext.model.device import available_memory
 from nulltext.model.errors import PromptError, SizeError
 from nulltext.settings import utf8_problem
 
+def _first_parameter(module: torch.nn.Module) -> torch.Tensor:
+    return next(module.parameters())
+
+
 @dataclass
 class Model:
     """A loaded Stable Diffusion model: components, scheduler config, source and identity."""
@@ -41,13 +45,17 @@ class Model:
     tokenizer_3: Any = None
     max_sequence_length: int = 256  # SD 3.x: T5's tokens (zeros without T5), the pipeline's default
 
+    # The denoiser's first parameter, read live: diffusers' own `.device` / `.dtype` walk every module for
+    # offloading and layer-wise casting hooks (which nulltext does not use) — 2.3–2.9 ms a read on SD 1.5's
+    # UNet, 8–12 ms on SDXL's, against 0.01 ms (benchmarks/parameter_walk_benchmark.py) — and every
+    # UNet pass reads them.
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return _first_parameter(self.unet).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return _first_parameter(self.unet).dtype
 
     @property
     def vae_scale_factor(self) -> int:
@@ -216,14 +224,14 @@ class Model:
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """z0 = (VAE posterior mean − shift factor) × scaling factor, for an image (B,3,H,W) in [-1,1]."""
-        x = image.to(self.device, self.vae.dtype)
+        x = image.to(self.device, _first_parameter(self.vae).dtype)
         mean = self.vae.encode(x).latent_dist.mean
         return (mean if not self.shift_factor else mean - self.shift_factor) * self.scaling_factor
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Image (B,3,H,W) in [-1,1], float32, from latents; one at a time, so results do not depend on the batch."""
-        z = latents.to(self.device, self.vae.dtype) / self.scaling_factor
+        z = latents.to(self.device, _first_parameter(self.vae).dtype) / self.scaling_factor
         z = z if not self.shift_factor else z + self.shift_factor
         return torch.cat([self.vae.decode(z[i : i + 1]).sample for i in range(z.shape[0])]).float().clamp(-1, 1)
 
