@@ -16,11 +16,14 @@ def test_identity_is_stable_across_loads_and_dtypes_and_differs_between_models(t
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny_xl", "tiny_sd3"])
-def test_device_and_dtype_are_the_denoisers_as_diffusers_reads_them(request, name, tiny_dir):
+def test_device_and_dtype_are_the_denoisers_as_diffusers_reads_them(request, name):
     """`Model.device` / `.dtype` read the first parameter (no walk over every module); they agree with
-    diffusers' own properties for each family, also after the model is loaded in bf16."""
+    diffusers' own properties for each family."""
     model = request.getfixturevalue(name)
     assert (model.device, model.dtype) == (model.unet.device, model.unet.dtype) == (torch.device("cpu"), torch.float32)
+
+
+def test_a_bf16_model_reads_bf16_and_its_vae_encodes_in_it(tiny_dir):
     bf16 = load_model(tiny_dir, device="cpu", dtype="bf16")
     assert (bf16.device, bf16.dtype) == (bf16.unet.device, bf16.unet.dtype) == (torch.device("cpu"), torch.bfloat16)
     assert bf16.encode_image(torch.zeros(1, 3, 32, 32)).dtype == bf16.vae.dtype == torch.bfloat16

@@ -23,6 +23,7 @@ from nulltext.model.device import available_memory
 from nulltext.model.errors import PromptError, SizeError
 from nulltext.settings import utf8_problem
 
+
 def _first_parameter(module: torch.nn.Module) -> torch.Tensor:
     return next(module.parameters())
 
@@ -46,7 +47,7 @@ class Model:
     max_sequence_length: int = 256  # SD 3.x: T5's tokens (zeros without T5), the pipeline's default
 
     # The denoiser's first parameter, read live: diffusers' own `.device` / `.dtype` walk every module for
-    # offloading and layer-wise casting hooks (which nulltext does not use) — 2.3–2.9 ms a read on SD 1.5's
+    # offloading and layer-wise casting hooks (which nulltext does not use) — 2.3–3.1 ms a read on SD 1.5's
     # UNet, 8–12 ms on SDXL's, against 0.01 ms (benchmarks/parameter_walk_benchmark.py) — and every
     # UNet pass reads them.
     @property
