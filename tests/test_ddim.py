@@ -73,11 +73,16 @@ def test_sampling_reports_each_step_in_the_one_progress_protocol():
     assert [r.timestep for r in reports] == s.timesteps.flip(0).tolist()  # τ_T first
 
 
-def test_a_scheduler_config_diffusers_refuses_is_one_line():
-    """diffusers' own refusal (here: an unknown beta schedule) becomes a one-line ScheduleError, not a traceback."""
+@pytest.mark.parametrize("settings, message", [
+    (dict(beta_schedule="no_such_schedule"), "no_such_schedule"),  # diffusers: NotImplementedError
+    (dict(beta_schedule="scaled_linear", beta_start=-1.0, beta_end=-0.5), "linspace"),  # torch: RuntimeError
+])
+def test_a_scheduler_config_diffusers_refuses_is_one_line(settings, message):
+    """What diffusers and torch raise on a config they cannot build (an unknown beta schedule, betas whose
+    square root is complex) becomes a one-line ScheduleError, not a traceback."""
     from nulltext.core.schedule import ScheduleError
 
-    config = dict(make_scheduler().config, beta_schedule="no_such_schedule")
-    with pytest.raises(ScheduleError, match="refuses the scheduler config: no_such_schedule") as e:
+    config = dict(make_scheduler().config, **settings)
+    with pytest.raises(ScheduleError, match=f"refuses the scheduler config: .*{message}") as e:
         make_schedule(config, 10)
     assert "\n" not in str(e.value)

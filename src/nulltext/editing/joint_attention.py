@@ -16,8 +16,8 @@ blend and the attention maps run unchanged above it.
 
 Memory: the image rows' full matrix is (batch, heads, pixels, pixels + text), 7 GB in fp32 for an edit of
 one target at 1024 px on SD 3.x. It is built only when the controller needs the self map. For the cross
-map alone, the text block comes from a softmax over key chunks, and an edit is added to the fused
-layer's output as (P'_text − P_text)·V_text through the output projection, which is linear.
+map alone, the text block comes from a softmax over key chunks, the rows from fused attention, and an
+edit is added to the image rows as (P'_text − P_text)·V_text.
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ def controlled_joint_attention(attn, original, controller, layer: str, text_toke
                                hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                                attention_mask=None, **kwargs):
     """One joint-attention layer through the controller: the original processor when the controller does
-    not need this layer or only looks; explicit attention from the rewritten image rows when it edits."""
+    not need this layer; else attention from this layer's own q, k, v with the image rows the controller
+    saw (and, rewriting, edited)."""
     pixels, has_text = hidden_states.shape[1], encoder_hidden_states is not None
     wants_cross, wants_self = has_text and controller.wants(layer, True, pixels), controller.wants(layer, False, pixels)
     if not wants_cross and not wants_self:
@@ -104,18 +105,28 @@ def controlled_joint_attention(attn, original, controller, layer: str, text_toke
     q, k, v = joint_qkv(attn, hidden_states, encoder_hidden_states)
     tokens = _shown_tokens(k.shape[2], pixels, text_tokens)
     if not wants_self:  # the cross map alone: no (pixels × pixels) matrix
-        return _cross_only(attn, original, controller, layer, tokens, q, k, v, pixels,
-                           hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        text = text_rows(q, k, pixels, tokens)  # (batch, heads, pixels, tokens)
+        edited = _show(controller, layer, True, text, controller.rewrites)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)  # (batch, heads, n, head_dim)
+        if controller.rewrites:  # the image rows plus (P'_text − P_text)·V_text
+            delta = (edited - text).to(v.dtype) @ v[:, :, pixels : pixels + tokens]  # (batch, heads, pixels, head_dim)
+            out = torch.cat([out[:, :, :pixels] + delta, out[:, :, pixels:]], 2)
+        return _project(attn, out, pixels, has_text)
     probs = controlled_blocks(controller, layer, image_rows(q, k, pixels), pixels, tokens, wants_cross,
                               controller.rewrites)
     if not controller.rewrites:
-        return original(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        return _project(attn, F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False), pixels, has_text)
     out = (probs.to(v.dtype) @ v,)  # image rows: (batch, heads, pixels, head_dim)
     if has_text:  # text rows as the original computes them
         out += (F.scaled_dot_product_attention(q[:, :, pixels:], k, v, dropout_p=0.0, is_causal=False),)
-    out = torch.cat(out, 2)  # (batch, heads, pixels + text, head_dim)
+    return _project(attn, torch.cat(out, 2), pixels, has_text)
+
+
+def _project(attn, out: torch.Tensor, pixels: int, has_text: bool):
+    """The layer's output from its attention rows (batch, heads, pixels + text, head_dim), projected as
+    JointAttnProcessor2_0 projects them: the image rows through to_out, the text rows through to_add_out."""
     batch, heads, n, head_dim = out.shape
-    out = out.transpose(1, 2).reshape(batch, n, heads * head_dim).to(q.dtype)  # (batch, pixels + text, channels)
+    out = out.transpose(1, 2).reshape(batch, n, heads * head_dim)  # (batch, pixels + text, channels)
     image, text = out[:, :pixels], out[:, pixels:]
     image = attn.to_out[1](attn.to_out[0](image))
     if not has_text:
@@ -123,19 +134,3 @@ def controlled_joint_attention(attn, original, controller, layer: str, text_toke
     if not attn.context_pre_only:
         text = attn.to_add_out(text)
     return image, text
-
-
-def _cross_only(attn, original, controller, layer: str, L: int, q, k, v, pixels: int,
-                hidden_states, encoder_hidden_states, attention_mask, **kwargs):
-    """The layer's fused output, plus (P'_text − P_text)·V_text through its output projection when the
-    controller edits the text block of the first L text keys."""
-    text = text_rows(q, k, pixels, L)  # (batch, heads, pixels, tokens)
-    edited = _show(controller, layer, True, text, controller.rewrites)
-    out = original(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
-    if not controller.rewrites:
-        return out
-    delta = (edited - text).to(v.dtype) @ v[:, :, pixels : pixels + L]  # (batch, heads, pixels, head_dim)
-    batch, heads, _, head_dim = delta.shape
-    delta = delta.transpose(1, 2).reshape(batch, pixels, heads * head_dim)  # (batch, pixels, channels)
-    image, text_out = out
-    return image + F.linear(delta.to(image.dtype), attn.to_out[0].weight), text_out

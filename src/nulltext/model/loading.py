@@ -57,7 +57,8 @@ def _components(pipe) -> dict:
     """What nulltext uses of a diffusers SD 1.x/2.x, SDXL or SD 3.x pipeline: the denoiser (UNet or transformer)
     as "unet", the VAE, the encoders and tokenizers (None where the family has none) and the scheduler config."""
     c = {k: getattr(pipe, k, None) for k in _PARTS}
-    c["unet"] = getattr(pipe, "unet", None) if getattr(pipe, "unet", None) is not None else getattr(pipe, "transformer", None)
+    unet = getattr(pipe, "unet", None)
+    c["unet"] = unet if unet is not None else getattr(pipe, "transformer", None)
     scheduler = getattr(pipe, "scheduler", None)
     c["scheduler_config"] = None if scheduler is None else _scheduler_config(dict(scheduler.config))
     return c
