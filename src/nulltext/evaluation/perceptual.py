@@ -7,9 +7,12 @@ are on this machine; otherwise it is skipped with a one-line reason and nothing 
   choice. torchmetrics ships the linear layers; the SqueezeNet backbone comes from torchvision's
   weight file, looked up in `<torch hub dir>/checkpoints/` (`PerceptualConfig.lpips` names another
   hub dir). Needs torchvision.
-- CLIP score: torchmetrics' `CLIPScore` (100 · cosine, floored at 0) with a CLIP model loaded from a
-  local folder or the Hugging Face cache (`local_files_only`); PIE-Bench uses
-  openai/clip-vit-large-patch14.
+- CLIP score, as torchmetrics' `CLIPScore` defines it (PIE-Bench's choice): 100 · cos(E_image, E_text),
+  floored at 0, with a CLIP model loaded from a local folder or the Hugging Face cache
+  (`local_files_only`); PIE-Bench uses openai/clip-vit-large-patch14. It is computed here from the
+  model's own projected embeddings: torchmetrics 1.9.0, the latest release, fails on transformers 5,
+  whose `get_image_features` returns a model output instead of a tensor (torchmetrics issue #3407,
+  fixed after that release). Text longer than the model's positions is cut to them, as torchmetrics does.
 - Structure distance (Tumanyan et al. 2022, as PIE-Bench computes it): the MSE between the cosine
   self-similarity matrices of the last layer's attention keys (all heads concatenated, CLS included)
   of a DINO ViT (PIE-Bench: dino_vitb8) for the two images, resized to 224 px and ImageNet-normalised.
@@ -50,7 +53,7 @@ class Perceptual:
     """The loaded metric models (None when skipped) and why each skipped one was skipped."""
 
     lpips: object | None = None
-    clip: object | None = None
+    clip: object | None = None  # (CLIPModel, CLIPProcessor)
     dino: object | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     device: str = "cpu"
@@ -80,17 +83,14 @@ def _lpips(path: str | None, device: str):
 def _clip(path: str | None, device: str):
     if not path:
         raise LookupError("no CLIP weights given (--clip PATH: a local openai/clip-vit-large-patch14 folder)")
-    from torchmetrics.multimodal import CLIPScore
     from transformers import CLIPModel, CLIPProcessor
 
-    def load():
-        try:
-            return (CLIPModel.from_pretrained(path, local_files_only=True),
-                    CLIPProcessor.from_pretrained(path, local_files_only=True))
-        except OSError as e:
-            raise LookupError(f"no CLIP model at {path!r} on this machine ({first_line(e)})") from None
-
-    return CLIPScore(model_name_or_path=load).to(device).eval()
+    try:
+        model = CLIPModel.from_pretrained(path, local_files_only=True).to(device).eval()
+        processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
+    except OSError as e:
+        raise LookupError(f"no CLIP model at {path!r} on this machine ({first_line(e)})") from None
+    return model, processor
 
 
 def _dino(path: str | None, device: str):
@@ -140,12 +140,15 @@ def lpips(p: Perceptual, a: Image.Image, b: Image.Image, keep: np.ndarray | None
 
 @torch.no_grad()
 def clip_score(p: Perceptual, image: Image.Image, text: str, keep: np.ndarray | None = None) -> float | None:
-    """CLIP score (0…100) of an image (restricted to `keep`) and a text; None if skipped."""
+    """CLIP score 100 · max(cos(E_image, E_text), 0) of an image (restricted to `keep`) and a text; None if skipped."""
     if p.clip is None:
         return None
-    pixels = torch.from_numpy(np.asarray(_keep(image, keep).convert("RGB")).copy()).permute(2, 0, 1)
-    p.clip.reset()
-    return float(p.clip(pixels.to(p.device), text))
+    model, processor = p.clip
+    pixels = torch.from_numpy(np.asarray(_keep(image, keep).convert("RGB")).copy()).permute(2, 0, 1)  # (3, H, W) uint8
+    inputs = processor(text=[text], images=[pixels], return_tensors="pt", padding=True, truncation=True,
+                       max_length=model.config.text_config.max_position_embeddings)
+    out = model(**inputs.to(p.device))  # image_embeds, text_embeds: projected, unit length
+    return max(0.0, 100 * float((out.image_embeds * out.text_embeds).sum()))
 
 
 def _dino_keys_self_similarity(model, image: Image.Image, size: int, device: str) -> torch.Tensor:
