@@ -82,8 +82,10 @@ def test_small_bench_orderings(small_run) -> None:
         assert m(method, "correct", blend=False) >= 0.75, method
     # the paper's negative-prompt edit (C on the target rows too) runs as its own labelled variant
     assert len([rec for rec in r.records if rec.method == "negative-prompt, ∅ on targets"]) == 4 * 2
-    # every edit is nearer its ground-truth twin than the unedited source is (source vs twin: < 20 dB on colour)
-    assert all(rec.scores["gt_psnr"] > 15 for rec in r.records)
+    # every edit with the defaults (ψ("") on the targets) is nearer its ground-truth twin than the unedited source
+    # is (source vs twin: < 20 dB on colour); the paper's variant, C on the targets, can collapse (measured 6.9 dB on
+    # colour-0 without blend, self-attention replaced for 60 % of the steps; its N = 30 colour accuracy is 47 %)
+    assert all(rec.scores["gt_psnr"] > 15 for rec in r.records if "∅ on targets" not in rec.method)
 
 
 def test_bench_report_files(small_run, tmp_path) -> None:

@@ -33,7 +33,10 @@ class EditConfig:
     target_null: TargetNull = "empty"
     cross_replace: StepRange = 0.8  # fraction of steps (from the start) or (start, end) fractions
     word_cross_replace: dict[str, StepRange] = field(default_factory=dict)  # per target word
-    self_replace: StepRange = 0.4
+    # Self-attention replaced for the first 60 % of steps, not the authors' 40 % (`self_replace=0.4`): the edited
+    # object keeps the photo's outline (edit benchmark, N = 30, with blend: object IoU 0.819 / 0.812 → 0.866 / 0.862
+    # on colour / background swaps, PSNR to the twin 22.24 → 23.05 dB, accuracy 94 % both; docs/benchmarks.md)
+    self_replace: StepRange = 0.6
     self_max_fraction: float = 1 / 16  # self-attention replaced on layers with ≤ this share of the latent's pixels
     self_min_pixels: int = 256  # … and always on layers of 16×16 or smaller
     reweight: dict[str, float] = field(default_factory=dict)  # target word → attention scale
