@@ -16,6 +16,7 @@ from nulltext.editing import edit
 from nulltext.io.images import to_tensor
 from nulltext.inversion import InversionConfig, invert
 from nulltext.model import Model
+from nulltext.editing.config import self_weights
 from nulltext.editing.prompt_to_prompt import (EditConfig, LocalBlend, PromptToPrompt, edit_cross_attention, latent_mask,
                                        plan_edit)
 from nulltext.editing.token_alignment import word_token_indices
@@ -84,6 +85,47 @@ def test_self_attention_filter_on_four_resolutions(four_level, four_inversion, m
     assert {p for p, _ in self_layers} == {32 * 32, 16 * 16, 8 * 8, 4 * 4}  # four resolutions reached
     assert {p for p, wanted in self_layers if wanted} == injected
     assert not any(wanted for p, wanted in seen[(2, False)])  # step 2 of 5 is past self_replace = 0.4
+
+
+@pytest.mark.parametrize("steps", [5, 25, 50])
+def test_self_attention_weights_fade_out_linearly(steps):
+    """The default: the source's self-attention in full until 50 % of the steps, then a share falling
+    linearly to nothing by 90 %; `self_fade=0` is a hard switch (the authors'); a (start, end) window fades
+    at its end. Against the schedule written out."""
+    def written_out(first: float, end: float, fade: float) -> list[float]:
+        a, b, f = round(first * steps), round(end * steps), round(fade * steps)
+        f = min(f, b - a)
+        return [(b - k) / (f + 1) if b - f <= k < b else 1.0 if a <= k < b else 0.0 for k in range(steps)]
+
+    assert self_weights(EditConfig(), steps) == written_out(0.0, 0.9, 0.4)
+    assert self_weights(EditConfig(self_replace=0.4, self_fade=0.0), steps) == [float(k < round(0.4 * steps)) for k in range(steps)]
+    assert self_weights(EditConfig(self_replace=(0.2, 0.6), self_fade=0.2), steps) == written_out(0.2, 0.6, 0.2)
+    assert self_weights(EditConfig(self_replace=0.0), steps) == [0.0] * steps  # no injection, whatever the fade
+    weights = self_weights(EditConfig(), 50)
+    assert weights[:25] == [1.0] * 25 and weights[45:] == [0.0] * 5  # in full until 50 %, none from 90 %
+    assert all(1 > a > b > 0 for a, b in zip(weights[25:44], weights[26:45]))  # falling in between
+
+
+def test_self_attention_fading_mixes_the_source_maps_in(tiny):
+    """At a fading step the targets' self-attention rows are w · source + (1 − w) · their own; the
+    unconditional rows and the source row pass unchanged; past the window nothing is asked for."""
+    source = "a red circle on a blue background"
+    targets = ["a green circle on a blue background", "a red square on a blue background"]
+    config = EditConfig()
+    plan = plan_edit(tiny.tokenizer, source, targets, config, 50, (8, 8))
+    control = PromptToPrompt(plan, LocalBlend(None, None, (8, 8), config, 50))
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(6, 2, 64, 64, generator=g).softmax(-1)  # (2(1+n), heads, pixels, pixels)
+    for step, w in ((10, 1.0), (30, 15 / 21), (44, 1 / 21)):
+        control.step = step
+        assert control.wants("up", False, 64) and plan.self_weight[step] == pytest.approx(w)
+        out = control("up", False, probs)
+        assert torch.equal(out[:4], probs[:4])  # unconditional rows, then the source's conditional row
+        expected = w * probs[3:4] + (1 - w) * probs[4:]  # (n, heads, pixels, pixels)
+        assert torch.allclose(out[4:], expected, rtol=1e-6, atol=1e-7)
+        assert torch.allclose(out.sum(-1), torch.ones(6, 2, 64))  # still probabilities
+    control.step = 45
+    assert not control.wants("up", False, 64)
 
 
 def test_local_blend_pools_every_resolution(four_level, four_inversion, monkeypatch):
@@ -196,6 +238,8 @@ def test_each_option_changes_the_edit(tiny, tiny_inversion):
     variants = {  # name: (without the option, with it)
         "cross": (off, cross),
         "self": (off, dict(off, self_replace=1.0, self_min_pixels=10_000)),
+        "self fade": (dict(off, self_replace=1.0, self_min_pixels=10_000, self_fade=0.0),
+                      dict(off, self_replace=1.0, self_min_pixels=10_000, self_fade=0.6)),
         "word cross": (off, dict(off, word_cross_replace={target.split()[2]: 1.0})),
         # as in the authors' code, re-weighting acts inside the cross-replacement window
         "reweight": (cross, dict(cross, reweight={target.split()[2]: 4.0})),

@@ -244,8 +244,8 @@ def test_option_defaults_come_from_the_settings_dataclasses():
     i, e = InversionConfig(), EditConfig()
     assert (inv.method, inv.steps, inv.guidance, inv.optimizer, inv.lr) == (
         i.method, i.num_steps, i.guidance_scale, i.optimizer, i.learning_rate)
-    assert (ed.mode, ed.cross, ed.self_replace, ed.threshold, ed.blend_start) == (
-        e.mode, e.cross_replace, e.self_replace, e.blend_threshold, e.blend_start)
+    assert (ed.mode, ed.cross, ed.self_replace, ed.self_fade, ed.threshold, ed.blend_start) == (
+        e.mode, e.cross_replace, e.self_replace, e.self_fade, e.blend_threshold, e.blend_start)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -51,6 +51,25 @@ def test_weights_mean_the_same_at_any_image_size():
     assert (pooled - small).norm() / small.norm() < 0.1  # measured 0.050
 
 
+def test_the_edit_reaches_over_thin_remnants_next_to_what_it_moved():
+    """A removed shape's thin edge that the decoder blurred (in the reconstruction, not in the photo) barely
+    moves under the edit; within `composite_reach` of a moved pixel it takes the edit, not the photo's old
+    shape. Farther out nothing changes, and at any size the reach is the same fraction of the side."""
+    for side in (64, 256):
+        rec, edited = _scene(side)
+        k = side // 64  # pixels per 64th of the side
+        lo = side * 5 // 16
+        edited[:, :, lo - k : lo, lo : side * 11 // 16] = rec[:, :, lo - k : lo, lo : side * 11 // 16] + 0.03  # moved < 0.05
+        rim = (slice(None), slice(None), slice(lo - k, lo), slice(lo + 4 * k, side * 11 // 16 - 4 * k))
+        reach = composite_weights(edited, rec, EditConfig())
+        none = composite_weights(edited, rec, EditConfig(composite_reach=0.0))
+        print(f"\n{side} px: rim weight {float(reach[rim].mean()):.3f} with reach, {float(none[rim].mean()):.3f} without")
+        assert float(reach[rim].mean()) > 0.75 and float(none[rim].mean()) < 0.25  # measured: see the print
+        far = torch.ones(side, side, dtype=torch.bool)
+        far[lo - 4 * k : side * 11 // 16 + 4 * k, lo - 4 * k : side * 11 // 16 + 4 * k] = False
+        assert float(reach[0, 0][far].max()) == 0.0  # 4/64 of the side from the block: the photo
+
+
 def test_gaussian_blur_keeps_mass_and_constants():
     x = torch.zeros(1, 1, 33, 33)
     x[0, 0, 16, 16] = 1.0
@@ -63,6 +82,8 @@ def test_gaussian_blur_keeps_mass_and_constants():
     (dict(composite="always"), "unknown composite"),
     (dict(composite_change=(0.2, 0.1)), "0 ≤ low < high"),
     (dict(composite_feather=2.0), "composite feather"),
+    (dict(composite_reach=-0.1), "composite reach"),
+    (dict(self_fade=1.5), "self fade"),
 ])
 def test_bad_composite_settings_are_refused(bad, message):
     with pytest.raises(SettingsError, match=message):

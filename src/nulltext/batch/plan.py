@@ -21,7 +21,7 @@ from nulltext.editing.config import EditConfig
 from nulltext.settings import SettingsError
 from nulltext import errors
 
-EDIT_KEYS = ("mode", "cross_replace", "word_cross_replace", "self_replace", "reweight", "blend_words",
+EDIT_KEYS = ("mode", "cross_replace", "word_cross_replace", "self_replace", "self_fade", "reweight", "blend_words",
              "blend_subtract", "blend_mask_combine", "blend_threshold", "blend_start")
 
 

@@ -54,7 +54,7 @@ def _edit_config(args, inversion):
 
     mask = None if args.mask is None else load_mask(args.mask, inversion.image_size)
     return _settings(
-        EditConfig, mode=args.mode, cross_replace=args.cross, self_replace=args.self_replace,
+        EditConfig, mode=args.mode, cross_replace=args.cross, self_replace=args.self_replace, self_fade=args.self_fade,
         word_cross_replace=dict(args.word_cross or []), reweight=dict(args.reweight or []),
         blend_words=args.blend or [], blend_subtract=args.subtract or [], blend_mask=mask,
         blend_mask_combine=args.mask_combine, blend_threshold=args.threshold, blend_start=args.blend_start,

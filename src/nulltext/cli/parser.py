@@ -157,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--word-cross", type=lambda t: (t.partition("=")[0], _range(t.partition("=")[2])),
                    action="append", help="per-word cross replacement, WORD=0.4 or WORD=0.1,0.6")
     s.add_argument("--self", dest="self_replace", type=_range, default=ed("self_replace"),
-                   help=f"self-attention replacement (default: {ed('self_replace')})")
+                   help=f"self-attention replacement: fraction or START,END (default: {ed('self_replace')})")
+    s.add_argument("--self-fade", type=float, default=ed("self_fade"),
+                   help="fraction of steps at the end of --self over which the injection fades out; "
+                        f"--self 0.4 --self-fade 0 is the authors' (default: {ed('self_fade')})")
     s.add_argument("--reweight", type=_scale, action="append", help="WORD=SCALE, repeatable (negative and 0 allowed)")
     s.add_argument("--blend", type=_words, help="comma-separated words marking the region to edit, or 'auto': "
                                                 "the words the targets change (printed)")

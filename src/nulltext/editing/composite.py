@@ -6,7 +6,7 @@ the inversion's residual away from it), and the VAE decoder spreads every latent
 neighbours, so the mask's edge seeps into the background. Inpainting tools paste the original back
 through a feathered mask; so does this:
 
-    w   = blur_σ( clamp((‖x_edit − x_rec‖ − lo) / (hi − lo), 0, 1) )     (weights in [0, 1])
+    w   = blur_σ( maxpool_ρ( clamp((‖x_edit − x_rec‖ − lo) / (hi − lo), 0, 1) ) )     (weights in [0, 1])
     out = photo + w · (x_edit − photo)
 
 - the gate keeps the edit only where it moved a pixel away from the reconstruction (per-pixel RGB
@@ -14,8 +14,12 @@ through a feathered mask; so does this:
   there, and the dilation ring around an object the edit did not move comes back as the photo too;
   the attention mask itself is not multiplied in — its coarse edge would cut a new shape's corners or
   leave stripes of the old background (measured: accuracy on background swaps 100 % → 75 % with it);
-- blur_σ: a Gaussian feather whose σ is a fraction of the image side, so it means the same at 64 px and
-  at 1024 px.
+- maxpool_ρ: the edit also kept within ρ of a pixel it moved. The decoder blurs a shape's thin parts (a
+  triangle's tips), so where the edit removes the shape it barely moves them from the reconstruction;
+  the photo put back there would leave specks of the old shape (measured: colour + shape swaps with
+  blend 90 → 97 % right, N = 30; the background outside the edit 0.97 dB further from the photo);
+- blur_σ: a Gaussian feather. σ and ρ are fractions of the image side, so they mean the same at 64 px
+  and at 1024 px.
 
 The authors' behaviour (latent blend only, the decoder's output everywhere) is `composite="off"`.
 """
@@ -47,6 +51,9 @@ def composite_weights(edits: torch.Tensor, reconstruction: torch.Tensor, config:
     lo, hi = config.composite_change
     moved = (edits - reconstruction).norm(dim=1, keepdim=True) / 2  # (n, 1, H, W): RGB distance on the [0, 1] scale
     gate = ((moved - lo) / (hi - lo)).clamp(0, 1)
+    if config.composite_reach > 0:
+        r = max(1, round(config.composite_reach * max(H, W)))
+        gate = F.max_pool2d(gate, 2 * r + 1, stride=1, padding=r)  # (n, 1, H, W)
     return gaussian_blur(gate, config.composite_feather * max(H, W)).clamp(0, 1)
 
 

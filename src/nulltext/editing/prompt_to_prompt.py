@@ -7,8 +7,9 @@
      maps for new tokens; re-weighting scales chosen words' maps (negative and zero allowed). This
      happens for the steps in `cross_replace` (a fraction from the start, or a (start, end) range),
      with per-word overrides; outside it the target's own maps are used.
-   - self-attention: target maps are replaced by the source's for the steps in `self_replace`, on
-     layers with at most 1/16 of the latent's pixels (the authors' 16×16 of SD's 64×64) or 16×16.
+   - self-attention: target maps are replaced by the source's for the steps in `self_replace` (over the
+     last `self_fade` of the steps, by a linear mix whose source share falls to nothing), on layers with
+     at most 1/16 of the latent's pixels (the authors' 16×16 of SD's 64×64) or 16×16.
 2. `LocalBlend` (sec. 3.2, "Local editing"): a mask from the cumulative cross-attention of the blend
    words (source ∪ target), dilated and thresholded, optionally combined with a user-drawn mask;
    outside it the target latent is reset to the source latent after each step from `blend_start` on.
@@ -17,8 +18,9 @@
    (uncond: source, targets…, cond: source, targets…), so no call order is assumed.
 
 Defaults are the authors' published settings — cross 0.8, blend threshold 0.3 from 0.2, and
-their dilation of 1/16 of the side — but for two: self-attention is replaced for 60 % of the steps, not
-40 %, which keeps the edited object's outline (`EditConfig.self_replace`), and the dilation is never under
+their dilation of 1/16 of the side — but for two: self-attention is replaced fully for 50 % of the steps
+and fades out by 90 %, where the authors switch it off at 40 %, which keeps the edited object's outline
+(`EditConfig.self_replace`, `self_fade`), and the dilation is never under
 3 latent pixels, so that on small latents (the bundled model's 16×16) the mask's edge stays clear of a
 new shape's corners. After decoding, the photo
 is put back wherever the edit moved no pixel (`nulltext.editing.composite`). Where nulltext differs from the
@@ -36,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from nulltext.editing.attention import to_latent_grid
-from nulltext.editing.config import EditConfig, resolve_mode, step_window
+from nulltext.editing.config import EditConfig, resolve_mode, self_weights, step_window
 from nulltext.settings import SettingsError
 from nulltext.editing.token_alignment import (
     PromptMismatchError,
@@ -74,7 +76,7 @@ class EditPlan:
 
     targets: list[TargetEdit]
     cross_alpha: torch.Tensor  # (T, n, L): 1 where target j's token takes the source's map at step k
-    self_window: tuple[int, int]  # sampling steps [first, end) with self-attention injection
+    self_weight: list[float]  # per sampling step: the share of the source's self-attention in the targets'
     self_max_pixels: int  # self-attention injected on layers with at most this many pixels
     blend_tokens: torch.Tensor | None  # (1+n, L) selectors of the blend words in source and targets
     subtract_tokens: torch.Tensor | None  # (1+n, L) selectors of the subtract words
@@ -84,7 +86,7 @@ class EditPlan:
         return bool(self.cross_alpha[step].any()) or any(t.equalizer is not None for t in self.targets)
 
     def self_active(self, step: int, pixels: int) -> bool:
-        return self.self_window[0] <= step < self.self_window[1] and pixels <= self.self_max_pixels
+        return self.self_weight[step] > 0 and pixels <= self.self_max_pixels
 
 
 def plan_edit(tokenizer, source: str, targets: list[str], config: EditConfig, num_steps: int,
@@ -106,7 +108,7 @@ def plan_edit(tokenizer, source: str, targets: list[str], config: EditConfig, nu
     self_max_pixels = max(config.self_min_pixels, int(latent_hw[0] * latent_hw[1] * config.self_max_fraction))
     return EditPlan(
         targets=edits, cross_alpha=_cross_schedule(tokenizer, targets, config, num_steps, L),
-        self_window=step_window(config.self_replace, num_steps), self_max_pixels=self_max_pixels,
+        self_weight=self_weights(config, num_steps), self_max_pixels=self_max_pixels,
         blend_tokens=_word_selectors(tokenizer, [source, *targets], config.blend_words, "blend"),
         subtract_tokens=_word_selectors(tokenizer, [source, *targets], config.blend_subtract, "subtract"),
         num_steps=num_steps,
@@ -302,6 +304,7 @@ class PromptToPrompt:
                 rows = torch.cat([source[None], targets]).float().mean(1)  # (1+n, pixels, tokens)
                 grid = to_latent_grid(rows, self.blend.latent_hw)  # (1+n, tokens, h, w)
                 self.attention = grid if self.attention is None else self.attention + grid
-        else:
-            targets = source[None].expand_as(targets)
+        else:  # self-attention: the source's maps, fading out over the window's last steps
+            weight = self.plan.self_weight[self.step]
+            targets = source[None].expand_as(targets) if weight >= 1 else weight * source[None] + (1 - weight) * targets
         return torch.cat([uncond, source[None], targets])
