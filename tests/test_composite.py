@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from nulltext.bundled import data
 from nulltext.bundled.judge import judge
 from nulltext.editing import edit
-from nulltext.editing.composite import composite, composite_weights, gaussian_blur
+from nulltext.editing.composite import composite, composite_weights, gaussian_blur, mask_bound
 from nulltext.editing.config import EditConfig
 from nulltext.evaluation.metrics import psnr
 from nulltext.io.images import to_pil
@@ -70,6 +70,33 @@ def test_the_edit_reaches_over_thin_remnants_next_to_what_it_moved():
         assert float(reach[0, 0][far].max()) == 0.0  # 4/64 of the side from the block: the photo
 
 
+def test_far_from_the_blend_mask_the_photo_comes_back_whatever_the_decoder_moved():
+    """The decoder moves pixels far outside local blend's latent mask (its group norms see the whole latent):
+    there the weights are 0 with the bound, so the photo comes back; without it the far pixels take the edit.
+    The margin is a fraction of the side: at 64 and 256 px the weights agree once pooled back to 64 px."""
+    weights = {}
+    for side in (64, 256):
+        rec, edited = _scene(side)
+        k = side // 64
+        edited[:, :, : 3 * k, -3 * k :] = rec[:, :, : 3 * k, -3 * k :] + 0.7  # a corner the decoder moved (0.6 away)
+        cells = side // 4  # a latent 4× smaller than the image, as on the bundled model
+        masks = torch.zeros(1, cells, cells, dtype=torch.bool)  # the blend mask: the block, one cell wider
+        masks[:, cells * 5 // 16 - 1 : cells * 11 // 16 + 1, cells * 5 // 16 - 1 : cells * 11 // 16 + 1] = True
+        bounded = composite_weights(edited, rec, EditConfig(), masks)
+        free = composite_weights(edited, rec, EditConfig(composite_margin=None), masks)
+        corner = (slice(None), slice(None), slice(0, 3 * k), slice(side - 3 * k, side))
+        assert float(free[corner].min()) > 0.9 and float(bounded[corner].max()) == 0.0  # the photo's, exactly
+        block = (slice(None), slice(None), slice(side * 3 // 8, side * 5 // 8), slice(side * 3 // 8, side * 5 // 8))
+        assert float(bounded[block].min()) > 0.99  # the edit inside the mask untouched
+        outside = mask_bound(masks, (side, side), EditConfig().composite_margin)[0, 0] == 0  # (H, W)
+        edge, margin = (cells * 11 // 16 + 1) * 4, round(EditConfig().composite_margin * side)  # the mask's edge, μ in px
+        assert not bool(outside[side // 2, edge + margin - 1]) and bool(outside[side // 2, edge + margin])
+        weights[side] = bounded
+    pooled = F.avg_pool2d(weights[256], 4)
+    print(f"\nweights at 256 px pooled to 64 against 64 px: {float((pooled - weights[64]).norm() / weights[64].norm()):.3f}")
+    assert (pooled - weights[64]).norm() / weights[64].norm() < 0.1  # measured: see the print
+
+
 def test_gaussian_blur_keeps_mass_and_constants():
     x = torch.zeros(1, 1, 33, 33)
     x[0, 0, 16, 16] = 1.0
@@ -83,6 +110,7 @@ def test_gaussian_blur_keeps_mass_and_constants():
     (dict(composite_change=(0.2, 0.1)), "0 ≤ low < high"),
     (dict(composite_feather=2.0), "composite feather"),
     (dict(composite_reach=-0.1), "composite reach"),
+    (dict(composite_margin=1.5), "composite margin"),
     (dict(self_fade=1.5), "self fade"),
 ])
 def test_bad_composite_settings_are_refused(bad, message):
@@ -117,9 +145,13 @@ def test_blended_edit_puts_the_photo_back_where_nothing_changed(bundled, bundled
     assert np.array_equal(on[1][untouched], photo[untouched])  # weight 0: the photo's own pixels, bit for bit
     # measured: 3279 of the 3283 pixels 3 px or more from the shape (the other 4 moved by one level at the border)
     assert (untouched & far).sum() > 0.95 * far.sum()
+    # beyond the blend mask's bound (and the feather's 2 px) nothing of the edit is left, whatever the decoder did
+    bounded = mask_bound(on[0].masks, (64, 64), EditConfig().composite_margin + 2 / 64)[0, 0].numpy() == 0
+    print(f"\n{bounded.sum()} pixels beyond the blend mask's bound (measured 2160 of 4096)")
+    assert bounded.sum() > 1000 and (w[bounded] == 0.0).all() and np.array_equal(on[1][bounded], photo[bounded])
     bg_on, bg_off = (psnr(x[far].astype(np.float64), photo[far].astype(np.float64), data_range=255.0) for x in (on[1], off[1]))
     print(f"\nbackground 3 px from the shape: {bg_on:.1f} dB with compositing, {bg_off:.1f} dB without")
-    assert 25 < bg_off < 60 and bg_on > bg_off + 15  # measured 82.0 vs 46.9 dB
+    assert 25 < bg_off < 60 and bg_on > bg_off + 15  # measured 85.1 vs 45.5 dB
     inner = ~(F.max_pool2d(torch.from_numpy(~shape).float()[None, None], 5, stride=1, padding=2)[0, 0].numpy() > 0.5)
     assert w[inner].mean() > 0.95  # the shape changed colour
     assert torch.equal(on[0].latents, off[0].latents)  # compositing acts after decoding only

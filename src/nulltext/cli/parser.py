@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unconditional embedding of the edited captions: ψ(\"\") (empty) or the inversion's ∅_t as in "
                         f"the paper (inverted) (default: {ed('target_null')})")
     s.add_argument("--composite", default=ed("composite"), choices=list(typing.get_args(Composite)),
-                   help="with --blend or --mask: put the photo back on every pixel the edit did not move (changed), "
+                   help="with --blend or --mask: put the photo back on every pixel the edit did not move or that lies "
+                        "beyond 3/32 of the side from the mask (changed), "
                         f"or keep the decoder's output everywhere as the authors do (off) (default: {ed('composite')})")
     s.set_defaults(func=cmd_edit)
 
@@ -212,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clip", metavar="PATH", help="local CLIP model folder, e.g. openai/clip-vit-large-patch14")
     s.add_argument("--dino", metavar="PATH", help="local DINO ViT folder, e.g. facebook/dino-vitb8 (structure distance)")
     s.add_argument("--composite", default=ed("composite"), choices=list(typing.get_args(Composite)),
-                   help="edits with local blend: photo put back where the edit moved no pixel (changed), or the "
+                   help="edits with local blend: photo put back where the edit moved no pixel or far from the mask (changed), or the "
                         f"decoder's output (off, the authors') (default: {ed('composite')})")
     s.add_argument("--inversions", metavar="DIR", help="keep each case's inversion in DIR and reuse it on a re-run "
                    "with the same model, settings and case (for comparing edit settings)")

@@ -22,8 +22,9 @@ dilation of 1/16 of the side — but for two. Self-attention is replaced in full
 fades out by 90 %, where the authors switch it off at 40 %, which keeps the edited object's outline
 (`EditConfig.self_replace`, `self_fade`). The dilation is never under 3 latent pixels, so that on small
 latents (the bundled model's 16×16) the mask's edge stays clear of a new shape's corners. After decoding,
-the photo is put back wherever the edit moved no pixel (`nulltext.editing.composite`). Where nulltext differs from the
-authors' local blend: it pools the blend words' cross-attention of every layer, each resized to the
+the photo is put back wherever the edit moved no pixel and beyond a margin around the mask
+(`nulltext.editing.composite`). Where nulltext differs from the authors' local blend: it pools the
+blend words' cross-attention of every layer, each resized to the
 latent grid, where the authors pool only the 16×16 layers of SD at 512 px (1/4 of the latent side);
 on the bundled model's 16×16 latent those would be 4×4 maps, too coarse to outline a shape.
 """
