@@ -26,12 +26,13 @@ from nulltext.core.sampling import guided_ddim, guided_prediction
 from nulltext.progress import Progress
 
 @torch.no_grad()
-def reconstruct(model: Model, inversion: Inversion, callback: Progress | None = None) -> torch.Tensor:
-    """The inversion's guided reconstruction, an image (1, 3, H, W) in [-1, 1]."""
+def reconstruct(model: Model, inversion: Inversion, callback: Progress | None = None,
+                one_batch: bool | None = None) -> torch.Tensor:
+    """The inversion's guided reconstruction, an image (1, 3, H, W) in [-1, 1] (`one_batch`: see `guided_prediction`)."""
     check_model(inversion, model)
     cond = model.text_conditioning([inversion.prompt])
     z0 = guided_ddim(model, inversion.latent_T, cond, inversion.nulls, inversion.schedule(),
-                     inversion.config.guidance_scale, callback, inversion.corrections)
+                     inversion.config.guidance_scale, callback, inversion.corrections, one_batch)
     return model.decode_latents(z0).cpu()
 
 
@@ -95,7 +96,7 @@ def edit(model: Model, inversion: Inversion, targets: list[str], config: EditCon
         rows = [own] + [own if p == inversion.prompt else empty.map(lambda x: x[None].expand(T, 1, *x.shape[1:]))
                         for p in targets]
         nulls = functools.reduce(TextConditioning.join_rows, rows)
-    guided = guided_prediction(model, cond, nulls, inversion.config.guidance_scale, schedule)
+    guided = guided_prediction(model, cond, nulls, inversion.config.guidance_scale, schedule, one_batch=True)
 
     def predict(z: torch.Tensor, i: int) -> torch.Tensor:
         controller.step = T - i  # sampling step 0 … T−1
@@ -153,6 +154,6 @@ def attention_maps(model: Model, inversion: Inversion, callback: Progress | None
     """
     recorder = _CrossAttentionRecorder(tuple(inversion.latent_T.shape[-2:]))
     with controlled(model.unet, recorder, model.max_tokens):
-        image = reconstruct(model, inversion, callback)
+        image = reconstruct(model, inversion, callback, one_batch=True)  # the recorder reads the conditional half
     tokens, maps = token_maps(model.tokenizer, inversion.prompt, recorder.total)
     return tokens, maps.cpu(), image
