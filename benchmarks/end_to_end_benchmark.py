@@ -150,7 +150,7 @@ def main(argv=None) -> None:
                  f"| {pair(mean('published_s'), mean('frozen_s') if a.frozen else 0.0, '.1f')} "
                  f"| {pair(mean('ratio'), mean('ratio_frozen'), '.2f')} "
                  f"| {mean('psnr'):.2f} / {mean('published_psnr'):.2f} | {mean('psnr_change'):+.2f} (worst "
-                 f"{min(r['psnr_change'] for r in rows):+.2f}) | {mean('trials'):.0f} / {mean('published_iterations'):.0f} |")
+                 f"{min(r['psnr_change'] for r in rows):+.3f}) | {mean('trials'):.0f} / {mean('published_iterations'):.0f} |")
     lines += ["", f"`nulltext --help`: {help_s:.2f} s; `nulltext info FILE`: {info_s:.2f} s (best of 3 processes)."]
     text = "\n".join(lines) + "\n"
     out = Path(a.output)
