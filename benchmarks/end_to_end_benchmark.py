@@ -72,7 +72,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = torch.arange(len(rows)).tolist()
+    x = list(range(len(rows)))
     frozen = all("frozen_s" in r for r in rows)
     width = 0.27 if frozen else 0.4
     fig, ax = plt.subplots(figsize=(8, 3.6))

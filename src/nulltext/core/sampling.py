@@ -43,10 +43,10 @@ def guided_prediction(model: Model, cond: TextConditioning | torch.Tensor, nulls
         null = nulls.map(lambda x: x[i - 1]).to(model.device) if nulls.tokens.ndim == 4 else \
             nulls[i - 1 : i].to(model.device).expand(B)  # (B, tokens, dim)
         c = cond if cond.tokens.ndim == 3 else cond.map(lambda x: x[i - 1]).to(model.device)  # (B, tokens, dim)
+        tau = schedule.timestep(i)
         if not one_batch:  # as the optimiser: ε(z_i, ∅_i) and ε(z_i, C) in calls of their own
-            return guided(model.predict(z, schedule.timestep(i), null), model.predict(z, schedule.timestep(i), c),
-                          guidance_scale)
-        out = model.predict(torch.cat([z, z]), schedule.timestep(i), TextConditioning.cat([null, c]))
+            return guided(model.predict(z, tau, null), model.predict(z, tau, c), guidance_scale)
+        out = model.predict(torch.cat([z, z]), tau, TextConditioning.cat([null, c]))
         return guided(*out.chunk(2), guidance_scale)
 
     return predict

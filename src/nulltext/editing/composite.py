@@ -53,12 +53,16 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
 
 
+def widen(x: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Max-pool (n, 1, H, W) over a radius of `fraction` of the image side, at least one pixel."""
+    r = max(1, round(fraction * max(x.shape[-2:])))
+    return F.max_pool2d(x, 2 * r + 1, stride=1, padding=r)  # (n, 1, H, W)
+
+
 def mask_bound(masks: torch.Tensor, image_hw: tuple[int, int], margin: float) -> torch.Tensor:
     """(n, 1, H, W) in {0, 1}: local blend's latent masks (n, h, w) brought to image size (nearest) and
     widened by `margin` of the image side (at least one pixel)."""
-    m = F.interpolate(masks[:, None].float(), size=image_hw, mode="nearest")  # (n, 1, H, W)
-    r = max(1, round(margin * max(image_hw)))
-    return F.max_pool2d(m, 2 * r + 1, stride=1, padding=r)  # (n, 1, H, W)
+    return widen(F.interpolate(masks[:, None].float(), size=image_hw, mode="nearest"), margin)
 
 
 def composite_weights(edits: torch.Tensor, reconstruction: torch.Tensor, config: EditConfig,
@@ -70,8 +74,7 @@ def composite_weights(edits: torch.Tensor, reconstruction: torch.Tensor, config:
     moved = (edits - reconstruction).norm(dim=1, keepdim=True) / 2  # (n, 1, H, W): RGB distance on the [0, 1] scale
     gate = ((moved - lo) / (hi - lo)).clamp(0, 1)
     if config.composite_reach > 0:
-        r = max(1, round(config.composite_reach * max(H, W)))
-        gate = F.max_pool2d(gate, 2 * r + 1, stride=1, padding=r)  # (n, 1, H, W)
+        gate = widen(gate, config.composite_reach)
     if masks is not None and config.composite_margin is not None:
         gate = gate * mask_bound(masks, (H, W), config.composite_margin).to(gate)
     return gaussian_blur(gate, config.composite_feather * max(H, W)).clamp(0, 1)

@@ -113,14 +113,15 @@ def edit(model: Model, inversion: Inversion, targets: list[str], config: EditCon
         latents = sample(predict, z_T, schedule, correct, callback)
     images = model.decode_latents(latents).cpu()
     masks = blend.masks()
+    masks = None if masks is None else masks.expand(n, -1, -1)  # (n, h, w)
     weights = None
     if masks is not None and config.composite != "off":  # the photo back where the edit moved nothing or far from the mask
         photo = images[:1] if inversion.photo is None else \
             (inversion.photo.permute(2, 0, 1)[None].float() / 127.5 - 1.0)  # (1, 3, H, W) in [-1, 1]
-        weights = composite_weights(images[1:].float(), images[:1].float(), config, masks.expand(n, -1, -1))
+        weights = composite_weights(images[1:].float(), images[:1].float(), config, masks)
         images = torch.cat([images[:1], composite(images[1:].float(), photo, weights).to(images.dtype)])
     return EditResult([inversion.prompt, *targets], images, latents.cpu(),
-                      None if masks is None else masks.expand(n, -1, -1).cpu(), weights,
+                      None if masks is None else masks.cpu(), weights,
                       weak_blend_words(model.tokenizer, inversion.prompt, config.blend_words, blend.source_maps),
                       None if controller.attention is None else controller.attention.cpu())
 
