@@ -14,7 +14,8 @@ Writes fast_inversion.md, fast_inversion.json and fast_inversion.png (PSNR again
 Candidates (the levers measured):
 - null-text, paper Adam (baseline);
 - Adam with a smaller budget (≤ 3 updates per step): the cheap lever, for comparison;
-- `secant_descent`: the default (≤ 5 trials per step, stall ½), and ≤ 3 and ≤ 10 trials around it;
+- `secant_descent`: the default (≤ 4 trials per step, stall ½, ∅_1 past the threshold), ≤ 3 and ≤ 10 trials
+  around it, and the default until 2026-12-04 (≤ 5 trials, ∅_1 stopped at the threshold);
 - the existing one-pass methods: ddim, negative-prompt, direct.
 """
 
@@ -41,7 +42,8 @@ CANDIDATES = {  # label → settings
     "null-text, Adam (paper)": InversionConfig.paper(),
     "null-text, Adam ≤ 3 updates/step": InversionConfig.paper(inner_steps=3),
     "null-text, secant ≤ 3 trials/step": InversionConfig(trials=3),
-    "null-text, secant (default: ≤ 5 trials, stall ½)": InversionConfig(),
+    "null-text, secant (default: ≤ 4 trials, stall ½)": InversionConfig(),
+    "null-text, secant ≤ 5 trials, ∅_1 at the threshold": InversionConfig(trials=5, refine_last_step=False),
     "null-text, secant ≤ 10 trials/step": InversionConfig(trials=10),
     "ddim": InversionConfig(method="ddim"),
     "negative-prompt": InversionConfig(method="negative-prompt"),
@@ -111,7 +113,7 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-FAST = "null-text, secant (default: ≤ 5 trials, stall ½)"
+FAST = "null-text, secant (default: ≤ 4 trials, stall ½)"
 
 
 def measure_edits(model, per_type: int, baseline: str | None, progress: bool) -> dict:

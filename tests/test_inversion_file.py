@@ -73,10 +73,11 @@ def test_inconsistent_shapes_are_refused(inversion, tmp_path):
         load_inversion(path)
 
 
-@pytest.mark.parametrize("stored, optimizer, trials", [({}, "adam", 5), ({"optimizer": "secant", "inner_steps": 7}, "secant", 7)])
+@pytest.mark.parametrize("stored, optimizer, trials", [({}, "adam", None), ({"optimizer": "secant", "inner_steps": 7}, "secant", 7)])
 def test_files_from_before_the_secant_default_keep_their_optimiser(inversion, tmp_path, stored, optimizer, trials):
     """A file whose settings name no optimiser ran the paper's Adam (the default then); a `--fast` file
-    without a trial cap ran at most `inner_steps` trials. Neither takes today's defaults."""
+    without a trial cap ran at most `inner_steps` trials; neither refined ∅_1 past the threshold. Neither
+    takes today's defaults."""
     import json
 
     from safetensors import safe_open
@@ -85,13 +86,15 @@ def test_files_from_before_the_secant_default_keep_their_optimiser(inversion, tm
     with safe_open(str(path), "pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     header = json.loads(meta["nulltext.header"])
-    for key in ("optimizer", "trials", "inner_steps"):
+    for key in ("optimizer", "trials", "inner_steps", "refine_last_step"):
         header["config"].pop(key)
     header["config"].update(stored)
     meta["nulltext.header"] = json.dumps(header)
     save_file(tensors, str(path), metadata=meta)
     config = load_inversion(path).config
-    assert (config.optimizer, config.trials) == (optimizer, trials)
+    assert (config.optimizer, config.refine_last_step) == (optimizer, False)
+    if trials is not None:
+        assert config.trials == trials
 
 
 def test_interrupted_write_keeps_the_old_file(inversion, tmp_path, monkeypatch):

@@ -28,9 +28,10 @@ class InversionConfig:
     early_stop_growth: float = 2e-5
     keep_pivot: bool = True  # store z*_0 … z*_T in the result
     optimizer: Optimizer = "secant"  # `secant_descent`; "adam": the paper's optimiser (`InversionConfig.paper()`)
-    trials: int = 5  # secant: trials per timestep at most, half the paper's N, so ≤ half of Adam's gradients
+    trials: int = 4  # secant: trials per timestep at most (the paper's N is 10): at most half Adam's UNet passes
     stall: float = 0.5  # secant: end a step once an accepted trial gains < this × the step's average gain per trial
     second_moment_decay: float = 0.9  # secant: β of the gradient's running second moment (the preconditioner)
+    refine_last_step: bool = True  # secant: ∅_1 past the paper's threshold, to the stall rule or the cap
 
     def __post_init__(self) -> None:
         """Refuse settings no inversion can run with; the CLI and the library say the same."""
@@ -49,6 +50,7 @@ class InversionConfig:
             if value < 0:
                 raise SettingsError(f"{name} {value} must be ≥ 0")
         check_flag(self.keep_pivot, "keep pivot")
+        check_flag(self.refine_last_step, "refine last step")
         if self.optimizer not in get_args(Optimizer):
             raise SettingsError(f"unknown optimizer {self.optimizer!r} — use one of {', '.join(get_args(Optimizer))}")
         for name, value in (("stall", self.stall), ("second moment decay", self.second_moment_decay)):
@@ -71,4 +73,11 @@ class InversionConfig:
         return self.learning_rate * (1 - k / (2 * self.num_steps))
 
     def threshold_at(self, k: int) -> float:
+        """The loss below which outer step k = 0 … T−1 stops: the paper's early stop, 1e-5 + k · 2e-5.
+
+        The secant's last step (t = 1) has none with `refine_last_step`: ∅_1's loss is the reconstruction's
+        own latent error, and no later step corrects it; it stops at the stall rule or the trial cap.
+        """
+        if self.optimizer == "secant" and self.refine_last_step and k == self.num_steps - 1:
+            return 0.0
         return self.early_stop + k * self.early_stop_growth

@@ -175,6 +175,7 @@ def parse_header(raw, where: str) -> Header:
         settings.setdefault("optimizer", "adam")  # files from before the secant optimiser ran the paper's Adam
         if settings["optimizer"] == "secant" and "trials" not in raw_config:  # `--fast` files: trials ≤ N
             settings["trials"] = settings.get("inner_steps", 10)
+        settings.setdefault("refine_last_step", False)  # files from before it stopped ∅_1 at the threshold too
         try:
             config = InversionConfig(**settings)  # checks itself
         except (TypeError, ValueError) as e:
