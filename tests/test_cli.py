@@ -98,6 +98,54 @@ def test_info_reads_the_header_alone(nti, tmp_path):
     assert code_ == 2 and out == "" and len(err.splitlines()) == 1 and "lies outside the file" in err
 
 
+@pytest.mark.parametrize("enabled_before", [True, False])
+@pytest.mark.parametrize("freeze", [False, True])
+def test_collector_paused_restores_the_collector(enabled_before, freeze):
+    """Off inside; afterwards on or off as before; objects frozen out of it only when asked (the command's
+    own process), never for a caller's Python."""
+    import gc
+
+    from nulltext.cli.common import collector_paused
+
+    (gc.enable if enabled_before else gc.disable)()
+    try:
+        with collector_paused(freeze):
+            inside = gc.isenabled()
+            kept = [[i] for i in range(1000)]  # tracked containers made while paused
+        frozen = gc.get_freeze_count()
+    finally:
+        gc.unfreeze()
+        gc.enable()
+    assert not inside and gc.isenabled()
+    assert (frozen >= len(kept)) == freeze
+
+
+def test_the_console_script_freezes_what_the_libraries_and_model_made(nti, tiny_dir, tmp_path):
+    """As the whole process (`nulltext`, `python -m nulltext.cli`), a command leaves the libraries' objects
+    and the loaded model out of the collector's passes (`gc.freeze`, docs/benchmarks.md: 1 s of `nulltext
+    invert`); called from a program, `main` leaves the collector as it was."""
+    import subprocess
+    import sys
+
+    code = ("import gc, sys\nfrom nulltext.cli.main import main\n"
+            "c = main(['reconstruct', sys.argv[1], '-o', sys.argv[2], '--model', sys.argv[3], '--quiet'],"
+            " own_process=sys.argv[4] == '1')\n"
+            "print(c, gc.get_freeze_count(), gc.isenabled(), len(gc.get_objects()))")
+    counts = {}
+    for own in ("1", "0"):
+        out = subprocess.run([sys.executable, "-c", code, str(nti), str(tmp_path / f"rec{own}.png"), str(tiny_dir), own],
+                             capture_output=True, text=True, check=True).stdout.split()[-4:]
+        counts[own] = [int(out[0]), int(out[1]), out[2], int(out[3])]
+        assert Image.open(tmp_path / f"rec{own}.png").size == (32, 32)
+    code_, frozen, enabled, left = counts["1"]  # measured: 0, 691959, True, 55347
+    assert code_ == 0 and enabled == "True" and frozen > 100_000 and left < frozen / 10, counts  # little left to scan
+    code_, frozen, enabled, left = counts["0"]  # measured: 0, 0, True, 474742
+    assert code_ == 0 and enabled == "True" and frozen == 0 and left > 100_000, counts
+    run_ = subprocess.run([sys.executable, "-m", "nulltext.cli", "reconstruct", str(nti), "-o", str(tmp_path / "m.png"),
+                           "--model", str(tiny_dir), "--quiet"], capture_output=True, text=True)
+    assert run_.returncode == 0 and run_.stderr == "" and "PSNR" in run_.stdout
+
+
 def run_main(*argv):
     import contextlib
     import io

@@ -1,7 +1,5 @@
 """`python -m nulltext.cli`: the command line."""
 
-import sys
+from nulltext.cli.main import run
 
-from nulltext.cli import main
-
-sys.exit(main())
+run()
