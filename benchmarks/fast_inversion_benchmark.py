@@ -126,7 +126,8 @@ def measure_edits(model, per_type: int, baseline: str | None, progress: bool) ->
     records = {}
     for label in ([FAST] if baseline else [BASELINE, FAST]):
         config = edit_bench.BenchConfig(methods=("null-text",), target_nulls=("empty",), inversion=CANDIDATES[label])
-        result = edit_bench.run_edit_bench(model, cases, config, (lambda s: print(s, flush=True)) if progress else None)
+        report = (lambda s: print(f"edit {s.step}/{s.total} {s.label}", flush=True)) if progress else None
+        result = edit_bench.run_edit_bench(model, cases, config, report)
         records[label] = [asdict(r) for r in result.records]
     if baseline:
         ids = {c.case_id for c in cases}
