@@ -29,7 +29,7 @@ from nulltext.io.images import read_png_metadata
 from nulltext.inversion.file import load_inversion, save_inversion
 from nulltext.evaluation.metrics import psnr
 
-FAST = dict(method="null-text", steps=10, guidance=7.5, trials=5, optimizer="secant")
+FAST = dict(method="null-text", steps=10, guidance=7.5, trials=4, optimizer="secant")
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
