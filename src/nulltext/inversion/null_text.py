@@ -278,10 +278,11 @@ def secant_descent(step_from: RowsFrom, rows: list[Row], targets: torch.Tensor, 
                  relative to ‖∅_t‖ — a shorter move rounds away in the UNet's half-precision cast, leaves
                  d as rounding noise, and the secant would shrink α without end (bf16);
       accept     a trial that lowers the loss; a rejected one is retried at α* on the same gradient.
-    A row stops below the paper's loss threshold, after `config.trials` trials (half the paper's N), or when
-    an accepted trial gains less than `config.stall` (½) of the step's average gain per trial so far: a rule
-    relative to the step's own losses, with no scale to tune per model (docs/benchmarks.md measures it on
-    the bundled model, a tiny SD 2.x, a tiny SDXL and in fp16/bf16).
+    A row stops below the step's threshold (the paper's; none at the last step with
+    `config.refine_last_step`, see `InversionConfig.threshold_at`), after `config.trials` trials (4; the
+    paper's N is 10), or when an accepted trial gains less than `config.stall` (½) of the step's average
+    gain per trial so far: a rule relative to the step's own losses, with no scale to tune per model
+    (docs/benchmarks.md measures it on the bundled model, a tiny SD 2.x, a tiny SDXL and in fp16/bf16).
 
     Host reads: one per round of trials (every row's loss, in one transfer) — α, p and the acceptance
     arithmetic stay on the device. Gradients: one backward per round, through the last batch, for the
