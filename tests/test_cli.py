@@ -92,6 +92,8 @@ def test_info_reads_the_header_alone(nti, tmp_path):
     assert f"latent:          {tuple(inv.latent_T.shape)}, null embeddings {tuple(inv.null_embeddings.shape)}" in run_.stdout
     assert f"iterations:      {sum(inv.inner_iterations)} (max {max(inv.inner_iterations)} per step)" in run_.stdout
     assert f"prompt:          {inv.prompt}\n" in run_.stdout and "photo stored" in run_.stdout
+    assert "null-text, 5 DDIM steps, guidance 7.5, secant optimiser (≤ 2 trials a step, the last step past the threshold)" \
+        in run_.stdout  # the fixture's --inner-steps 2
     cut = tmp_path / "cut.nti"
     cut.write_bytes(nti.read_bytes()[:-100])
     code_, out, err = run_main(cut)

@@ -203,6 +203,14 @@ def cmd_attention(args) -> None:
     print(f"wrote {out}")
 
 
+def _optimiser(config) -> str:
+    """How the file's ∅_t were optimised, in words: the optimiser and its budget per step."""
+    if config.optimizer == "adam":
+        return f"adam optimiser (≤ {config.inner_steps} updates a step)"
+    last = ", the last step past the threshold" if config.refine_last_step else ""
+    return f"secant optimiser (≤ {config.trials} trials a step{last})"
+
+
 def cmd_info(args) -> None:
     """The file's header and tensor table only (no torch, no tensor read): milliseconds on any file."""
     from nulltext.inversion.header import read_file_header
@@ -215,7 +223,7 @@ def cmd_info(args) -> None:
     lines = [
         f"prompt:          {h.prompt}",
         f"method:          {h.config.method}, {T} {sampler} steps, guidance {h.config.guidance_scale}"
-        + (f", {h.config.optimizer} optimiser" if h.config.method == "null-text" else ""),
+        + (f", {_optimiser(h.config)}" if h.config.method == "null-text" else ""),
         f"image:           {h.image_size[0]}x{h.image_size[1]}"
         + (f" from {h.source_path} crop {h.crop_box}" if h.source_path else ""),
         f"model:           {h.model_source} (weights {h.model_identity})",
